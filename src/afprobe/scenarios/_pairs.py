@@ -1,0 +1,89 @@
+"""Matched prompt pairs: the same system prompt, request and cue format, differing only in the tier value."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from afprobe._errors import AfprobeError
+from afprobe.config import StrictModel
+from afprobe.scenarios._cues import TIERS, get_cue_format
+from afprobe.scenarios._prompts import ANSWER_FORMAT, get_system_prompt
+from afprobe.scenarios._requests import Request, load_requests
+
+POSITION_NAMES: tuple[str, ...] = ("cue", "system_end", "user_end", "last")
+
+
+class ScenarioConfig(StrictModel):
+    """Which prompts to build. ``limit`` caps the number of requests (each gives one pair per system prompt and
+    cue format); ``harmful`` keeps only harmful (true) or benign (false) requests, or both (null)."""
+
+    requests: str = "builtin"
+    harmful: bool | None = None
+    limit: int | None = None
+    system_prompts: list[str] = ["helpful_only", "neutral"]
+    cue_formats: list[str] = ["tag", "sentence", "header", "json"]
+
+
+@dataclass(frozen=True)
+class Prompt:
+    """One conversation: a system message and a user message that carries the tier cue and the request."""
+
+    pair_id: int
+    request: Request
+    tier: str
+    cue_format: str
+    system_prompt: str
+    system_text: str
+    user_text: str
+    cue_span: tuple[int, int]  # character span of the tier value inside user_text
+
+    @property
+    def request_id(self) -> str:
+        return self.request.id
+
+    @property
+    def category(self) -> str:
+        return self.request.category
+
+    @property
+    def harmful(self) -> bool:
+        return self.request.harmful
+
+    def messages(self) -> list[dict[str, str]]:
+        return [{"role": "system", "content": self.system_text}, {"role": "user", "content": self.user_text}]
+
+
+def make_prompt(request: Request, tier: str, cue_format: str, system_prompt: str, pair_id: int = 0) -> Prompt:
+    cue = get_cue_format(cue_format)
+    sp = get_system_prompt(system_prompt)
+    cue_text, (a, b) = cue.render(tier)
+    system_text = f"{sp.text} {cue.explanation}" if sp.explains_cue else sp.text
+    user_text = f"{cue_text}\n\n<user_input>\n{request.text}\n</user_input>\n\n{ANSWER_FORMAT}"
+    return Prompt(pair_id, request, tier, cue_format, system_prompt, system_text, user_text, (a, b))
+
+
+def build_pairs(
+    requests: Sequence[Request], cue_formats: Sequence[str], system_prompts: Sequence[str]
+) -> list[Prompt]:
+    """Every request × system prompt × cue format, as a free prompt followed by its paid twin (same pair_id)."""
+    if not requests:
+        raise AfprobeError("no requests to build prompts from")
+    for name in cue_formats:
+        get_cue_format(name)
+    for name in system_prompts:
+        get_system_prompt(name)
+    prompts: list[Prompt] = []
+    pair_id = 0
+    for req in requests:
+        for sp in system_prompts:
+            for cf in cue_formats:
+                prompts.extend(make_prompt(req, tier, cf, sp, pair_id) for tier in TIERS)
+                pair_id += 1
+    return prompts
+
+
+def build_scenario(cfg: ScenarioConfig) -> list[Prompt]:
+    """Load the requests a config names and build its pairs."""
+    reqs = load_requests(cfg.requests, harmful=cfg.harmful, limit=cfg.limit)
+    return build_pairs(reqs, cfg.cue_formats, cfg.system_prompts)

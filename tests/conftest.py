@@ -1,0 +1,58 @@
+"""Shared fixtures: seeding, a tiny random model with an offline tokenizer, and the embedded model (once)."""
+
+from __future__ import annotations
+
+import os
+import random
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+# The suite never touches the network: every model is built here or loaded from the local cache.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+from afprobe.models import (
+    EMBEDDED_DEFAULT,
+    LoadedModel,
+    ModelConfig,
+    embedded_gguf_path,
+    load_model,
+    make_tiny_model,
+    make_tiny_tokenizer,
+    wrap_model,
+)
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+    np.random.seed(0)
+    random.seed(0)
+
+
+@pytest.fixture
+def tiny_lm() -> LoadedModel:
+    return wrap_model(make_tiny_model(n_layers=3, d_model=64), make_tiny_tokenizer(), name="tiny")
+
+
+@pytest.fixture
+def tiny_model_dir(tmp_path: Path) -> Path:
+    """The tiny model saved as a local HF directory, so the CLI can load it by path."""
+    d = tmp_path / "tiny-model"
+    make_tiny_model(n_layers=3, d_model=64).save_pretrained(d)
+    make_tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def embedded_lm() -> LoadedModel:
+    """SmolLM2-135M-Instruct in fp32 on CPU, loaded once per session (``make setup`` fetches it)."""
+    if not embedded_gguf_path(EMBEDDED_DEFAULT).exists():
+        if os.environ.get("CI"):
+            pytest.fail("the embedded model is not in the cache: `make setup` runs `afprobe models fetch`")
+        pytest.skip("embedded model not fetched (run `afprobe models fetch`)")
+    return load_model(ModelConfig(dtype="float32", device="cpu"))
