@@ -1,0 +1,74 @@
+"""``ProbeConfig``: everything ``afprobe probe`` needs. Pure data; devices are resolved in the runner."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from afprobe.config import StrictModel
+
+ProbeType = Literal["torch_logistic", "mass_mean", "logistic"]
+PROBE_TYPES: tuple[str, ...] = ("torch_logistic", "mass_mean", "logistic")
+DEFAULT_PROBES: tuple[ProbeType, ...] = ("torch_logistic", "mass_mean")
+
+
+class ProbeConfig(StrictModel):
+    """Probe types, which layers and positions to fit, cross-validation, bootstrap and regularization.
+
+    ``C`` is the inverse L2 strength shared by both logistic probes (scikit-learn's convention: the objective is
+    ``C * sum(cross-entropy) + ||w||^2 / 2`` on standardized features, intercept unpenalized), so the two fit the
+    same model (``logistic``, scikit-learn's solver, is off by default: it is the slow cross-check of
+    ``torch_logistic``). ``baseline_repeats`` random draws of the shuffled labels and of the control task are
+    averaged, since with few requests one draw is noisy. ``headline_probe`` picks the probe whose curve gives ``best`` (default: the first of ``probes``).
+    """
+
+    probes: list[ProbeType] = Field(default_factory=lambda: list(DEFAULT_PROBES))
+    headline_probe: ProbeType | None = None
+    positions: list[str] | None = None
+    layers: list[int] | None = None
+    folds: int = Field(default=5, ge=2)
+    bootstrap: int = Field(default=1000, ge=10)
+    baseline_repeats: int = Field(
+        default=5, ge=1, description="draws of shuffled labels and of control labels, averaged"
+    )
+    ci: float = Field(default=0.95, gt=0.0, lt=1.0)
+    C: float = Field(default=1.0, gt=0.0)
+    standardize: bool = True
+    max_iter: int = Field(default=1000, ge=1, description="scikit-learn lbfgs iterations (probe 'logistic')")
+    tol: float = Field(default=1e-4, gt=0.0, description="scikit-learn lbfgs tolerance (probe 'logistic')")
+    newton_iter: int = Field(default=50, ge=1, description="Newton iterations of the batched torch probe")
+    newton_tol: float = Field(default=1e-6, gt=0.0)
+    torch_dtype: Literal["float32", "float64"] = "float32"
+    device: str = "auto"
+    max_batch_elements: int = Field(
+        default=2**27, ge=1, description="cap on problems x prompts x d_model per torch batch"
+    )
+    plots: bool = True
+    seed: int = 0
+
+    @field_validator("probes")
+    @classmethod
+    def _check_probes(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("give at least one probe type")
+        if len(set(v)) != len(v):
+            raise ValueError(f"probe types repeat: {v}")
+        return v
+
+    @field_validator("device")
+    @classmethod
+    def _check_device(cls, v: str) -> str:
+        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+        return v
+
+    @model_validator(mode="after")
+    def _check_headline(self) -> ProbeConfig:
+        if self.headline_probe is not None and self.headline_probe not in self.probes:
+            raise ValueError(f"headline_probe {self.headline_probe!r} is not one of probes {self.probes}")
+        return self
+
+    @property
+    def headline(self) -> str:
+        return self.headline_probe or self.probes[0]

@@ -1,0 +1,191 @@
+"""Fitting many probe problems on one layer's activations and collecting out-of-fold scores.
+
+A *problem* is one fit: which position's activations, which labels, which rows train. The torch probes batch all
+problems of a layer into one call (rows outside the training set get weight 0); scikit-learn's runs one by one.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from sklearn.exceptions import ConvergenceWarning
+
+from afprobe.probes._batched import BatchedLinear, fit_logistic_batched, fit_mass_mean_batched
+from afprobe.probes._config import ProbeConfig
+from afprobe.probes._estimators import LogisticProbe
+from afprobe.probes._metrics import accuracy, auroc, balanced_weights
+
+
+@dataclass
+class Problems:
+    """``pos[b]`` indexes the position axis of ``X``; ``y[b]`` the labels; ``train[b]`` the rows to fit on.
+
+    Fits weight the two classes equally (:func:`balanced_weights`): a no-op for the task labels, whose grouped
+    folds are balanced, and what keeps the control task's baseline at chance.
+    """
+
+    pos: np.ndarray  # [batch] int
+    y: np.ndarray  # [batch, prompt] 0/1
+    train: np.ndarray  # [batch, prompt] bool
+
+    def __len__(self) -> int:
+        return len(self.pos)
+
+    @property
+    def weights(self) -> np.ndarray:
+        return balanced_weights(self.y, self.train)
+
+
+@dataclass
+class Fitted:
+    """Decision scores of every problem on every row, and each problem's weight vector in the raw basis."""
+
+    scores: np.ndarray  # [batch, prompt]
+    coef: np.ndarray  # [batch, d_model]
+    warnings: int = 0
+
+
+def fit_problems(
+    probe: str, X: np.ndarray, problems: Problems, cfg: ProbeConfig, device: torch.device
+) -> Fitted:
+    """Fit every problem with ``probe`` on ``X[position, prompt, d_model]``; score all rows."""
+    if probe == "logistic":
+        return _fit_sklearn(X, problems, cfg)
+    dtype = torch.float64 if cfg.torch_dtype == "float64" else torch.float32
+    Xt = torch.as_tensor(X, device=device).to(dtype)
+    n, d = X.shape[1:]
+    chunk = max(1, cfg.max_batch_elements // (n * d))
+    weights = problems.weights
+    scores, coefs = [], []
+    for start in range(0, len(problems), chunk):
+        sl = slice(start, start + chunk)
+        xb = Xt[torch.as_tensor(problems.pos[sl], device=device)]
+        yb = torch.as_tensor(problems.y[sl], device=device, dtype=dtype)
+        wb = torch.as_tensor(weights[sl], device=device, dtype=dtype)
+        fit: BatchedLinear
+        if probe == "torch_logistic":
+            fit = fit_logistic_batched(
+                xb, yb, wb, C=cfg.C, standardize=cfg.standardize, max_iter=cfg.newton_iter, tol=cfg.newton_tol
+            )
+        elif probe == "mass_mean":
+            fit = fit_mass_mean_batched(xb, yb, wb)
+        else:
+            raise ValueError(f"unknown probe type {probe!r}")
+        scores.append(fit.decision(xb).double().cpu().numpy())
+        coefs.append(fit.coef.double().cpu().numpy())
+    return Fitted(np.concatenate(scores), np.concatenate(coefs))
+
+
+def _fit_sklearn(X: np.ndarray, problems: Problems, cfg: ProbeConfig) -> Fitted:
+    n_warn = 0
+    scores = np.zeros(problems.y.shape)
+    coefs = np.zeros((len(problems), X.shape[-1]))
+    weights = problems.weights
+    for b in range(len(problems)):
+        x, y, tr = X[problems.pos[b]], problems.y[b], problems.train[b]
+        classes = np.unique(y[tr])
+        if len(classes) < 2:  # one class to learn from: predict it, as the batched probes do
+            scores[b] = 1.0 if classes[0] == 1 else -1.0
+            continue
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", ConvergenceWarning)
+            est = LogisticProbe(C=cfg.C, standardize=cfg.standardize, max_iter=cfg.max_iter, tol=cfg.tol)
+            est.fit(x[tr], y[tr], sample_weight=weights[b, tr])
+        n_warn += sum(issubclass(w.category, ConvergenceWarning) for w in caught)
+        scores[b] = est.decision_function(x)
+        coefs[b] = est.coef_[0]
+    return Fitted(scores, coefs, n_warn)
+
+
+@dataclass
+class LayerFit:
+    """Out-of-fold scores ``oof[variant, position, prompt]`` and full-data weight vectors ``coef[position, d]``."""
+
+    oof: np.ndarray
+    coef: np.ndarray
+    warnings: int
+
+
+def cross_validate_layer(
+    probe: str,
+    X: np.ndarray,
+    label_sets: list[tuple[np.ndarray, np.ndarray]],
+    cfg: ProbeConfig,
+    device: torch.device,
+) -> LayerFit:
+    """Grouped cross-validation of every ``(labels, folds)`` set (task, shuffled, control draws) at every position
+    of one layer, plus a fit on all rows with the task labels (the first set) for the directions, in one batch."""
+    n_pos, n = X.shape[:2]
+    pos, ys, train, key = [], [], [], []
+    for v, (y, folds) in enumerate(label_sets):
+        for p in range(n_pos):
+            for f in range(int(folds.max()) + 1):
+                pos.append(p)
+                ys.append(y)
+                train.append(folds != f)
+                key.append((v, p, f))
+    for p in range(n_pos):
+        pos.append(p)
+        ys.append(label_sets[0][0])
+        train.append(np.ones(n, dtype=bool))
+    fitted = fit_problems(probe, X, Problems(np.array(pos), np.stack(ys), np.stack(train)), cfg, device)
+    oof = np.zeros((len(label_sets), n_pos, n))
+    for b, (v, p, f) in enumerate(key):
+        held = label_sets[v][1] == f
+        oof[v, p, held] = fitted.scores[b, held]
+    return LayerFit(oof, fitted.coef[len(key) :], fitted.warnings)
+
+
+@dataclass
+class Transfer:
+    """``accuracy[a, b]``: trained on condition ``a`` (training folds), tested on condition ``b`` (held-out
+    folds); the diagonal is ordinary grouped cross-validation within one condition."""
+
+    conditions: list[str]
+    accuracy: np.ndarray
+    auroc: np.ndarray
+    n_test: np.ndarray
+
+
+def transfer_matrix(
+    probe: str,
+    X: np.ndarray,
+    y: np.ndarray,
+    folds: np.ndarray,
+    condition: np.ndarray,
+    cfg: ProbeConfig,
+    device: torch.device,
+) -> Transfer:
+    """Train on one condition (cue format, system prompt), test on each other, with request-grouped folds."""
+    conds = [str(c) for c in dict.fromkeys(condition.tolist())]
+    n_folds = int(folds.max()) + 1
+    pos, train, key = [], [], []
+    for a, ca in enumerate(conds):
+        for f in range(n_folds):
+            tr = (folds != f) & (condition == ca)
+            if tr.any():
+                pos.append(0)
+                train.append(tr)
+                key.append((a, f))
+    k = len(conds)
+    acc, auc, n_test = np.full((k, k), np.nan), np.full((k, k), np.nan), np.zeros((k, k), dtype=np.int64)
+    if not key:
+        return Transfer(conds, acc, auc, n_test)
+    probs = Problems(np.array(pos), np.broadcast_to(y, (len(pos), len(y))).copy(), np.stack(train))
+    scores = fit_problems(probe, X[None], probs, cfg, device).scores
+    for a in range(k):
+        oof = np.full(len(y), np.nan)
+        for b_idx, (a2, f) in enumerate(key):
+            if a2 == a:
+                held = folds == f
+                oof[held] = scores[b_idx, held]
+        for b, cb in enumerate(conds):
+            rows = (condition == cb) & np.isfinite(oof)
+            if rows.any():
+                acc[a, b] = accuracy(y[rows], oof[rows])
+                auc[a, b] = auroc(y[rows], oof[rows])
+                n_test[a, b] = int(rows.sum())
+    return Transfer(conds, acc, auc, n_test)

@@ -1,0 +1,344 @@
+"""``ProbeRunner(cfg).run(activations, out_dir)``: an activation file -> probe accuracy by layer and position,
+controls, generalization, directions and plots in one directory (``afprobe probe``)."""
+
+from __future__ import annotations
+
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import sklearn
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+import afprobe
+from afprobe._errors import AfprobeError
+from afprobe.activations import ActivationReader
+from afprobe.probes._config import ProbeConfig
+from afprobe.probes._directions import (
+    ProbeDirections,
+    cosine_between_layers,
+    cosine_between_probes,
+    unit_rows,
+)
+from afprobe.probes._evaluate import LayerFit, cross_validate_layer, transfer_matrix
+from afprobe.probes._metrics import (
+    RequestBootstrap,
+    accuracy,
+    auroc,
+)
+from afprobe.probes._outputs import check_output_dir, read_probe_results
+from afprobe.probes._plan import Plan, check_finite, label_sets, make_plan
+from afprobe.probes._report import write_outputs
+
+CUE_NOTE = (
+    "the cue position reads the tier token itself, so a probe there is trivially accurate; it is reported "
+    "but excluded from `best`, which comes from the positions after the cue"
+)
+
+
+class ProbeRunner:
+    """Fit every probe type at every (layer, position) with request-grouped cross-validation, and write ``DIR``."""
+
+    def __init__(self, cfg: ProbeConfig | None = None, *, overwrite: bool = False, progress: bool = True):
+        self.cfg = cfg or ProbeConfig()
+        self.overwrite = overwrite
+        self.progress = progress
+
+    def run(self, activations: str | Path, out_dir: str | Path) -> Path:
+        out = Path(out_dir)
+        t0 = time.perf_counter()
+        with ActivationReader(activations) as reader:
+            plan = make_plan(reader, self.cfg)
+            check_output_dir(out, self.overwrite)
+            check_finite(reader, plan)
+            device = _resolve_device(self.cfg.device)
+            labels = label_sets(plan, self.cfg)
+            layer_fits = self._fit_layers(reader, plan, labels, device)
+            t_fit = time.perf_counter()
+            results, tables, extra = self._summarize(reader, plan, labels, layer_fits, device)
+            results["provenance"]["timings"] = {
+                "fit_s": round(t_fit - t0, 3),
+                "total_s": round(time.perf_counter() - t0, 3),
+            }
+            write_outputs(out, self.overwrite, results, tables, extra, self.cfg.plots)
+        return out
+
+    def _fit_layers(
+        self,
+        reader: ActivationReader,
+        plan: Plan,
+        labels: list[tuple[np.ndarray, np.ndarray]],
+        device: torch.device,
+    ) -> dict[str, list[LayerFit]]:
+        cfg = self.cfg
+        fits: dict[str, list[LayerFit]] = {p: [] for p in cfg.probes}
+        columns = [
+            TextColumn("probing {task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+        ]
+        with Progress(*columns, disable=not self.progress) as bar:
+            task = bar.add_task(
+                f"{len(plan.layers)} layers x {len(plan.positions)} positions", total=len(plan.layers)
+            )
+            for layer in plan.layers:
+                X = reader.layer(layer)[:, plan.columns, :].transpose(1, 0, 2)  # [position, prompt, d_model]
+                for probe in cfg.probes:
+                    fits[probe].append(cross_validate_layer(probe, X, labels, cfg, device))
+                bar.advance(task)
+        return fits
+
+    def _summarize(
+        self,
+        reader: ActivationReader,
+        plan: Plan,
+        label_sets: list[tuple[np.ndarray, np.ndarray]],
+        fits: dict[str, list[LayerFit]],
+        device: torch.device,
+    ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]:
+        cfg = self.cfg
+        boot = RequestBootstrap(plan.groups, cfg.bootstrap, cfg.seed + 3, cfg.ci)
+        labels = [y for y, _ in label_sets]
+        per_layer = []
+        for probe, layer_fits in fits.items():
+            for li, layer in enumerate(plan.layers):
+                for pi, pos in enumerate(plan.positions):
+                    per_layer.append(
+                        _curve_point(
+                            probe,
+                            layer,
+                            pos,
+                            plan.relation[pos],
+                            layer_fits[li].oof[:, pi],
+                            labels,
+                            boot,
+                            cfg.baseline_repeats,
+                        )
+                    )
+        best = _pick_best(per_layer, cfg.headline, plan.candidates)
+        cue_rows = [r for r in per_layer if r["position"] == "cue" and r["probe"] == cfg.headline]
+        cue_best = max(cue_rows, key=lambda r: (r["auroc"], r["accuracy"]), default=None)
+        cue_trivial = (
+            None
+            if cue_best is None
+            else {
+                "position": "cue",
+                "trivial": True,
+                "note": CUE_NOTE,
+                "best_layer": cue_best["layer"],
+                "accuracy": cue_best["accuracy"],
+                "auroc": cue_best["auroc"],
+            }
+        )
+        dirs = ProbeDirections(
+            vectors={
+                (probe, pos): unit_rows(np.stack([f.coef[pi] for f in fits[probe]]))
+                for probe in cfg.probes
+                for pi, pos in enumerate(plan.positions)
+            },
+            layers=plan.layers,
+            model_id=reader.model_id,
+            weights_hash=str(reader.attrs.get("weights_hash", "")),
+            d_model=reader.d_model,
+            seed=cfg.seed,
+            default_probe=cfg.headline,
+            extra={"source": str(reader.path.resolve())},
+        )
+        cos_probes, cos_layers = cosine_between_probes(dirs), cosine_between_layers(dirs)
+        cross_format: dict[str, Any] | None = None
+        cross_sp: dict[str, Any] | None = None
+        pca: dict[str, Any] | None = None
+        tables: dict[str, list[dict[str, Any]]] = {}
+        if best is not None:
+            Xb = reader.get(best["layer"], best["position"])
+            meta = reader.meta
+            fmt = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["cue_format"], cfg, device)
+            sp = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["system_prompt"], cfg, device)
+            where = {"layer": best["layer"], "position": best["position"], "probe": cfg.headline}
+            cross_format = {
+                **where,
+                "formats": fmt.conditions,
+                "matrix": fmt.accuracy,
+                "auroc_matrix": fmt.auroc,
+                "n_test": fmt.n_test,
+            }
+            cross_sp = {
+                **{f"{a}->{b}": acc for a, b, acc in _off_diagonal(sp.conditions, sp.accuracy)},
+                "within": {c: sp.accuracy[i, i] for i, c in enumerate(sp.conditions)},
+                **where,
+            }
+            tables["cross_format"] = _matrix_rows(fmt, "train_format", "test_format")
+            tables["cross_system_prompt"] = _matrix_rows(sp, "train_system_prompt", "test_system_prompt")
+            pca = _pca(Xb, meta)
+            tables["pca"] = pca["rows"]
+        tables.update({"per_layer": per_layer, "cosine_probes": cos_probes, "cosine_layers": cos_layers})
+        results = {
+            "schema": "afprobe.probe_results/1",
+            "model_id": reader.model_id,
+            "n_prompts": len(plan.y),
+            "n_requests": len(np.unique(plan.groups)),
+            "layers": plan.layers,
+            "positions": plan.positions,
+            "position_relation": plan.relation,
+            "probes": list(cfg.probes),
+            "headline_probe": cfg.headline,
+            "chance": 0.5,
+            "per_layer": per_layer,
+            "best": best,
+            "cue_trivial": cue_trivial,
+            "cross_format": cross_format,
+            "cross_system_prompt": cross_sp,
+            "cosine": {"between_probes": cos_probes, "between_layers": cos_layers},
+            "convergence_warnings": {p: int(sum(f.warnings for f in fs)) for p, fs in fits.items()},
+            "provenance": self._provenance(reader, device),
+        }
+        return results, tables, {"directions": dirs, "pca": pca}
+
+    def _provenance(self, reader: ActivationReader, device: torch.device) -> dict[str, Any]:
+        attrs = reader.attrs
+        return {
+            "activations": str(reader.path.resolve()),
+            "model_id": reader.model_id,
+            "weights_hash": attrs.get("weights_hash"),
+            "d_model": reader.d_model,
+            "n_layers": attrs.get("n_layers"),
+            "activations_created": attrs.get("created"),
+            "activations_run_key": attrs.get("run_key"),
+            "config": self.cfg.model_dump(),
+            "seed": self.cfg.seed,
+            "device": str(device),
+            "afprobe_version": afprobe.__version__,
+            "torch_version": torch.__version__,
+            "sklearn_version": sklearn.__version__,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        }
+
+
+def _curve_point(
+    probe: str,
+    layer: int,
+    pos: str,
+    relation: str,
+    oof: np.ndarray,
+    labels: list[np.ndarray],
+    boot: RequestBootstrap,
+    repeats: int,
+) -> dict[str, Any]:
+    """Metrics at one (probe, layer, position): ``oof[label set, prompt]`` in :func:`label_sets` order."""
+    y, scores = labels[0], oof[0]
+    acc, auc = accuracy(y, scores), auroc(y, scores)
+    draws = {
+        name: (
+            [accuracy(labels[i], oof[i]) for i in idx],
+            [auroc(labels[i], oof[i]) for i in idx],
+        )
+        for name, idx in (
+            ("shuffled", range(1, 1 + repeats)),
+            ("control", range(1 + repeats, 1 + 2 * repeats)),
+        )
+    }
+    ctrl_acc = float(np.mean(draws["control"][0]))
+    return {
+        "probe": probe,
+        "layer": layer,
+        "position": pos,
+        "relation": relation,
+        "accuracy": acc,
+        "accuracy_ci": list(boot.accuracy_ci(y, scores)),
+        "auroc": auc,
+        "auroc_ci": list(boot.auroc_ci(y, scores)),
+        "shuffled_accuracy": float(np.mean(draws["shuffled"][0])),
+        "shuffled_accuracy_sd": float(np.std(draws["shuffled"][0])),
+        "shuffled_auroc": float(np.nanmean(draws["shuffled"][1])),
+        "control_accuracy": ctrl_acc,
+        "control_accuracy_sd": float(np.std(draws["control"][0])),
+        "control_auroc": float(np.nanmean(draws["control"][1])),
+        "selectivity": acc - ctrl_acc,
+    }
+
+
+def _pick_best(rows: list[dict[str, Any]], probe: str, candidates: list[str]) -> dict[str, Any] | None:
+    pool = [
+        r for r in rows if r["probe"] == probe and r["position"] in candidates and np.isfinite(r["auroc"])
+    ]
+    if not pool:
+        return None
+    r = max(pool, key=lambda r: (r["auroc"], r["accuracy"], -r["layer"]))
+    keys = (
+        "layer",
+        "position",
+        "probe",
+        "auroc",
+        "auroc_ci",
+        "accuracy",
+        "accuracy_ci",
+        "shuffled_accuracy",
+        "control_accuracy",
+        "selectivity",
+    )
+    return {k: r[k] for k in keys} | {"chosen_among": candidates}
+
+
+def _off_diagonal(conds: list[str], m: np.ndarray) -> list[tuple[str, str, float]]:
+    return [(a, b, float(m[i, j])) for i, a in enumerate(conds) for j, b in enumerate(conds) if i != j]
+
+
+def _matrix_rows(t: Any, train_key: str, test_key: str) -> list[dict[str, Any]]:
+    return [
+        {
+            train_key: a,
+            test_key: b,
+            "accuracy": t.accuracy[i, j],
+            "auroc": t.auroc[i, j],
+            "n_test": int(t.n_test[i, j]),
+        }
+        for i, a in enumerate(t.conditions)
+        for j, b in enumerate(t.conditions)
+    ]
+
+
+def _pca(X: np.ndarray, meta: dict[str, np.ndarray]) -> dict[str, Any]:
+    Xc = X.astype(np.float64) - X.mean(0)
+    _, s, vt = np.linalg.svd(Xc, full_matrices=False)
+    coords = Xc @ vt[:2].T
+    if coords.shape[1] < 2:
+        coords = np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))
+    explained = (s**2 / max(float((s**2).sum()), 1e-30))[:2]
+    rows = [
+        {"pc1": float(a), "pc2": float(b), "tier": t, "cue_format": f, "request_id": r}
+        for a, b, t, f, r in zip(
+            coords[:, 0], coords[:, 1], meta["tier"], meta["cue_format"], meta["request_id"], strict=True
+        )
+    ]
+    return {
+        "coords": coords,
+        "explained": explained.tolist(),
+        "tier": meta["tier"],
+        "cue_format": meta["cue_format"],
+        "rows": rows,
+    }
+
+
+def _resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise AfprobeError(f"device {device!r} asked for, but no CUDA device is available")
+    return torch.device(device)
+
+
+def run_probes(
+    activations: str | Path,
+    out_dir: str | Path,
+    cfg: ProbeConfig | None = None,
+    *,
+    overwrite: bool = False,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run :class:`ProbeRunner` and return the written ``probe_results.json`` as a dict."""
+    out = ProbeRunner(cfg, overwrite=overwrite, progress=progress).run(activations, out_dir)
+    return read_probe_results(out)
