@@ -3,6 +3,7 @@ import torch
 
 from afprobe import AfprobeError
 from afprobe.models import BACKENDS, Edit, apply_edit, gather_positions, make_backend
+from afprobe.models._backends import fan_out_start
 
 
 def _batch(lm, seed: int = 0):
@@ -100,3 +101,61 @@ def test_embedded_backends_agree_with_hf_to_1e4(embedded_lm, backend: str) -> No
         torch.testing.assert_close(out.resid[layer], gather_positions(ref[layer], pos), atol=1e-4, rtol=0)
     normed = embedded_lm.model.model.norm(out.resid[layers[-1]])
     torch.testing.assert_close(normed, gather_positions(ref[-1], pos), atol=1e-4, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ["hooks", "nnsight"])
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_fan_out_equals_running_every_copy(tiny_lm, layer: int, backend: str) -> None:
+    """Copying the rows at ``layer`` gives what the copies give run in full, with and without a KV cache."""
+    ids, mask, pos = _batch(tiny_lm)
+    n, rows, d = 3, ids.shape[0], tiny_lm.d_model
+    g = torch.Generator().manual_seed(1)
+    vals = torch.randn(n * rows, d, generator=g)
+    edits = [
+        Edit(layer, "add", vals, pos.repeat(n, 1)),
+        Edit(2, "ablate", torch.nn.functional.normalize(vals[0], dim=0)),
+    ]
+    b = make_backend(tiny_lm, backend)
+    with torch.no_grad():
+        full = b.run(ids.repeat(n, 1), mask.repeat(n, 1), edits=edits, read_layers=[2])
+        fan = b.run(ids, mask, edits=edits, read_layers=[2], fan_out=(layer, n))
+        torch.testing.assert_close(fan.logits, full.logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(fan.resid[2], full.resid[2], atol=1e-5, rtol=0)
+        # continue from a prefix cache: 10 tokens cached, the edits on the last 10
+        s = 10
+        later = [Edit(layer, "add", vals, pos.repeat(n, 1).clamp(min=s) - s), edits[1]]
+        prefix = b.run(ids[:, :s], mask[:, :s], use_cache=True).cache
+        ref = b.run(
+            ids[:, s:].repeat(n, 1),
+            mask.repeat(n, 1),
+            edits=later,
+            cache=_select(prefix, {i: torch.arange(rows).repeat(n) for i in range(tiny_lm.n_layers)}),
+        )
+        blocks_below = {
+            i: torch.arange(rows) if i < fan_out_start(layer) else torch.arange(rows).repeat(n)
+            for i in range(tiny_lm.n_layers)
+        }
+        got = b.run(
+            ids[:, s:],
+            mask.repeat(n, 1)[:rows],
+            edits=later,
+            cache=_select(prefix, blocks_below),
+            fan_out=(layer, n),
+        )
+    torch.testing.assert_close(got.logits, ref.logits, atol=1e-5, rtol=0)
+
+
+def _select(cache, rows_per_layer):
+    import copy
+
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    for i, layer in enumerate(new.layers):
+        layer.reorder_cache(rows_per_layer[i])
+    return new
+
+
+def test_fan_out_is_refused_where_unsupported(tiny_lm) -> None:
+    ids, mask, _ = _batch(tiny_lm)
+    with pytest.raises(ValueError, match="cannot fan out"):
+        make_backend(tiny_lm, "transformer_lens").run(ids, mask, fan_out=(1, 2))

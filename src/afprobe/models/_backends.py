@@ -50,6 +50,7 @@ class Edit:
 class RunOutput:
     logits: Tensor | None = None
     resid: dict[int, Tensor] = field(default_factory=dict)
+    cache: Any = None  # the model's KV cache after this pass, when run with ``use_cache=True``
 
 
 def gather_positions(
@@ -103,6 +104,8 @@ class Backend(ABC):
         """Number of blocks; valid residual layers are ``0..n_layers``."""
         return self.lm.n_layers
 
+    supports_fan_out = False
+
     def check_layers(self, layers: Sequence[int]) -> None:
         for layer in layers:
             if not 0 <= layer <= self.n_layers:
@@ -119,16 +122,49 @@ class Backend(ABC):
         read_positions: Int[Tensor, "batch k"] | None = None,
         edits: Sequence[Edit] = (),
         logits: bool = True,
+        cache: Any = None,
+        use_cache: bool = False,
+        logit_positions: Int[Tensor, "batch k"] | None = None,
+        position_ids: Int[Tensor, "batch seq"] | None = None,
+        fan_out: tuple[int, int] | None = None,
     ) -> RunOutput:
         """One forward pass. ``resid[l]`` is ``[batch, k, d]`` at ``read_positions`` (``[batch, seq, d]`` if None),
         read after this layer's edits. With ``logits=False`` the unembedding is skipped (and, where the backend
-        can, every block after the last layer read)."""
+        can, every block after the last layer read).
+
+        KV cache (hooks and nnsight backends): ``use_cache=True`` returns the model's cache in ``RunOutput.cache``;
+        pass it back as ``cache`` to continue, with ``attention_mask`` covering the cached and the new tokens.
+        Token indices in ``positions`` and ``read_positions`` then count from the first new token.
+
+        ``logit_positions`` ``[batch, k]``: unembed only those tokens (``logits`` is then ``[batch, k, vocab]``),
+        which saves the memory of a full ``[batch, seq, vocab]`` tensor. ``position_ids`` (hooks and nnsight
+        backends) overrides the model's own token positions, e.g. to continue right-padded rows from a cache.
+
+        ``fan_out=(layer, n)`` (backends with ``supports_fan_out``): the blocks before ``fan_out_start(layer)``
+        (the block whose output is residual ``layer``) run once on the ``B`` input rows; from there every row is
+        copied ``n`` times (copy-major: row ``c * B + b`` is copy ``c`` of row ``b``), so edits and reads at
+        ``layer`` and above, logits and ``logit_positions`` see ``n * B`` rows. A ``cache`` passed in must hold
+        ``B`` rows in those first blocks and ``n * B`` in the others; the returned one is the same. Several
+        interventions at or above ``layer`` then share the blocks below."""
+        if fan_out is not None and not self.supports_fan_out:
+            raise ValueError(f"the {self.name} backend cannot fan out")
         layers = sorted(set(read_layers) | {e.layer for e in edits})
         self.check_layers(layers)
         device = self.lm.device
         input_ids = input_ids.to(device)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
+        extra: dict[str, Any] = {}
+        if cache is not None or use_cache:
+            if not logits:
+                raise ValueError("a KV-cache pass runs the whole model: use logits=True")
+            extra = {"cache": cache}
+        if logit_positions is not None and logits:
+            extra["logit_positions"] = logit_positions.to(device)
+        if position_ids is not None:
+            extra["position_ids"] = position_ids.to(device)
+        if fan_out is not None:
+            extra["fan_out"] = fan_out
         return self._run(
             input_ids,
             attention_mask.to(device),
@@ -136,6 +172,7 @@ class Backend(ABC):
             read_positions,
             list(edits),
             logits,
+            **extra,
         )
 
     @abstractmethod
@@ -166,12 +203,16 @@ class HooksBackend(Backend):
     """Plain PyTorch forward hooks on the HF blocks."""
 
     name = "hooks"
+    supports_fan_out = True
 
-    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits):
+    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
         blocks = decoder_layers(self.lm.model)
+        logit_positions = cache.pop("logit_positions", None)
+        fan_out = cache.pop("fan_out", None)
         out = RunOutput()
         last_needed = max([*read_layers, *(e.layer for e in edits)], default=-1)
-        handles = []
+        # registered first, so the copies exist before this layer's edits and reads
+        handles = _fan_out_hooks(blocks, fan_out[0], fan_out[1], int(input_ids.shape[0])) if fan_out else []
 
         def visit(layer: int, h: Tensor) -> Tensor:
             for e in _edits_at(edits, layer):
@@ -203,11 +244,15 @@ class HooksBackend(Backend):
         for layer in range(1, self.n_layers + 1):
             if layer in read_layers or _edits_at(edits, layer) or (not logits and layer == last_needed):
                 handles.append(blocks[layer - 1].register_forward_hook(post_hook(layer)))
+        if logit_positions is not None:
+            handles.append(_gather_before_unembedding(self.lm.model, logit_positions))
         try:
             if logits:
-                out.logits = self.lm.model(
-                    input_ids=input_ids, attention_mask=attention_mask, use_cache=False
-                ).logits
+                result = self.lm.model(
+                    input_ids=input_ids, attention_mask=attention_mask, **cache_kwargs(self.lm.model, cache)
+                )
+                out.logits = result.logits
+                out.cache = output_cache(result) if "cache" in cache else None
             elif last_needed >= 0:
                 stop_early = last_needed == 0
                 if stop_early:  # only the embedding output is wanted: stop inside block 0's pre-hook
@@ -223,8 +268,79 @@ class HooksBackend(Backend):
         return out
 
 
+def fan_out_start(layer: int) -> int:
+    """The first block that runs on the copies of a pass fanned out at residual ``layer`` (``Backend.run``)."""
+    return max(layer - 1, 0)
+
+
+def _fan_out_hooks(
+    blocks: Sequence[nn.Module], layer: int, n: int, rows: int, prepend: bool = False
+) -> list[Any]:
+    """Pre-hooks that copy every row ``n`` times at the input of block ``fan_out_start(layer)`` (so the edits at
+    residual ``layer``, the output of that block, see the copies under every backend): the hidden state there,
+    and the per-row arguments (attention mask, position ids and embeddings, ...) that the model hands every
+    block from there on, which still have ``rows`` rows."""
+    start = fan_out_start(layer)
+
+    def widen(x: Any) -> Any:
+        if isinstance(x, Tensor) and x.ndim >= 2 and x.shape[0] == rows:
+            return x.repeat(n, *([1] * (x.ndim - 1)))
+        if isinstance(x, tuple):
+            return tuple(widen(t) for t in x)
+        return x
+
+    def widen_args(mod: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        first = mod is blocks[start]  # the hidden state of later blocks comes widened from the block below
+        if args:
+            args = (widen(args[0]) if first else args[0], *(widen(a) for a in args[1:]))
+        return args, {k: v if k == "hidden_states" and not first else widen(v) for k, v in kwargs.items()}
+
+    return [
+        blocks[i].register_forward_pre_hook(widen_args, with_kwargs=True, prepend=prepend)
+        for i in range(start, len(blocks))
+    ]
+
+
 def _raise_stop(*_: Any) -> None:
     raise _Stop
+
+
+def _unembedding(model: nn.Module) -> nn.Module:
+    get = getattr(model, "get_output_embeddings", None)
+    head = get() if callable(get) else None
+    if not isinstance(head, nn.Module):
+        raise AfprobeError(f"cannot find the unembedding of {type(model).__name__} for logit_positions")
+    return head
+
+
+def _gather_before_unembedding(model: nn.Module, positions: Tensor) -> Any:
+    """A pre-hook on the unembedding that keeps only ``positions`` ``[batch, k]`` of its input."""
+
+    def pre_hook(mod: nn.Module, args: tuple) -> tuple:
+        return (gather_positions(args[0], positions), *args[1:])
+
+    return _unembedding(model).register_forward_pre_hook(pre_hook)
+
+
+def cache_kwargs(model: nn.Module, cache: dict[str, Any]) -> dict[str, Any]:
+    """Forward kwargs for a KV-cache pass (``cache`` holds the key ``"cache"``) or for none (``cache`` empty).
+
+    transformers 5 names the argument ``cache`` (older releases ``past_key_values``). ``position_ids`` passes
+    through."""
+    out = {"position_ids": cache["position_ids"]} if "position_ids" in cache else {}
+    if "cache" not in cache:
+        return {**out, "use_cache": False}
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    key = "cache" if "cache" in params else "past_key_values"
+    return {**out, "use_cache": True, key: cache["cache"]}
+
+
+def output_cache(result: Any) -> Any:
+    """The KV cache a model returned (``cache`` in transformers 5, ``past_key_values`` before)."""
+    found = getattr(result, "cache", None)
+    return found if found is not None else getattr(result, "past_key_values", None)
 
 
 def _base_model(model: nn.Module) -> nn.Module:
@@ -251,6 +367,7 @@ class NNsightBackend(Backend):
     """nnsight traces over the HF model (the default backend; the road to remote execution on NDIF)."""
 
     name = "nnsight"
+    supports_fan_out = True
 
     def __init__(self, lm: LoadedModel):
         super().__init__(lm)
@@ -263,13 +380,36 @@ class NNsightBackend(Backend):
         self._full_path = _module_path(lm.model, blocks)
         self._base_path = _module_path(base, blocks)
 
-    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits):
+    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
+        logit_positions = cache.pop("logit_positions", None)
+        if logit_positions is not None:
+            # a plain pre-hook, outside the trace: nnsight sees the gathered input
+            handle = _gather_before_unembedding(self.lm.model, logit_positions)
+            try:
+                args = (input_ids, attention_mask, read_layers, read_positions, edits, logits)
+                return self._run(*args, **cache)
+            finally:
+                handle.remove()
+        fan_out = cache.pop("fan_out", None)
+        if fan_out is not None:  # plain hooks, placed before nnsight's own: its edits see the copies
+            rows = int(input_ids.shape[0])
+            handles = _fan_out_hooks(
+                decoder_layers(self.lm.model), fan_out[0], fan_out[1], rows, prepend=True
+            )
+            try:
+                args = (input_ids, attention_mask, read_layers, read_positions, edits, logits)
+                return self._run(*args, **cache)
+            finally:
+                for hd in handles:
+                    hd.remove()
         nm = self._full if logits else self._base
         blocks = _envoy_at(nm, self._full_path if logits else self._base_path)
         layers = sorted(set(read_layers) | {e.layer for e in edits})
         saved: dict[int, Any] = {}
         out = RunOutput()
-        with nm.trace(input_ids=input_ids, attention_mask=attention_mask, use_cache=False):
+        kwargs = cache_kwargs(self.lm.model, cache)
+        saved_cache = None
+        with nm.trace(input_ids=input_ids, attention_mask=attention_mask, **kwargs):
             for layer in layers:
                 env = blocks[0] if layer == 0 else blocks[layer - 1]
                 h = env.input if layer == 0 else env.output
@@ -288,7 +428,11 @@ class NNsightBackend(Backend):
                     saved[layer] = _read(hid, read_positions).save()
             if logits:
                 out.logits = nm.output.logits.save()
+                if "cache" in cache:
+                    saved_cache = nm.output.save()
         out.resid = dict(saved)
+        if saved_cache is not None:
+            out.cache = output_cache(saved_cache)
         return out
 
 
@@ -313,7 +457,10 @@ class TransformerLensBackend(Backend):
     def hook_name(layer: int) -> str:
         return "blocks.0.hook_resid_pre" if layer == 0 else f"blocks.{layer - 1}.hook_resid_post"
 
-    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits):
+    def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
+        logit_positions = cache.pop("logit_positions", None)
+        if cache:
+            raise AfprobeError("transformer_lens backend: no KV cache or position_ids; use nnsight or hooks")
         out = RunOutput()
         hooks = []
         for layer in sorted(set(read_layers) | {e.layer for e in edits}):
@@ -335,7 +482,7 @@ class TransformerLensBackend(Backend):
             attention_mask=attention_mask,
         )
         if logits:
-            out.logits = result
+            out.logits = result if logit_positions is None else gather_positions(result, logit_positions)
         return out
 
 
@@ -347,7 +494,11 @@ BACKENDS: dict[str, type[Backend]] = {
 
 
 def make_backend(lm: LoadedModel, name: str | None = None) -> Backend:
-    """Build the backend named in the model config (``nnsight`` unless told otherwise)."""
+    """Build the backend named in the model config (``nnsight`` unless told otherwise; ``ndif`` when remote)."""
+    if lm.config.remote and name in (None, "nnsight", "ndif"):
+        from afprobe.models._remote import NDIFBackend
+
+        return NDIFBackend(lm)
     key = name or lm.config.backend
     if key not in BACKENDS:
         raise AfprobeError(f"unknown backend {key!r} (known: {', '.join(BACKENDS)})")

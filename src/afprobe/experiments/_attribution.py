@@ -1,0 +1,101 @@
+"""Attribution patching: the first-order (gradient) estimate of every exact patch from one forward and one
+backward pass per recipient batch (Nanda 2023; Syed et al. 2023).
+
+The estimate of patching site ``p`` at layer ``L`` is ``(h_donor[L, p] − h_recipient[L, p]) · ∂M/∂h[L, p]`` with the
+gradient of the recipient's metric M = log p(accept) − log p(reject), taken at the unpatched recipient run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+
+from afprobe.experiments._patching import SPAN, Direction, PatchStore
+from afprobe.experiments._scoring import continuation_logprobs, make_row_batch, progress_bar
+from afprobe.models import Backend, Edit
+
+
+def attribution_patching(
+    backend: Backend,
+    store: PatchStore,
+    pairs: Sequence[tuple[int, int]],
+    sites: Sequence[str],
+    direction: Direction,
+    *,
+    batch_size: int = 4,
+    progress: bool = False,
+) -> np.ndarray:
+    """Estimated shift of the recipient's metric, ``[layer, site, pair]`` over ``store.layers`` (NaN where a site
+    does not apply: window and span sites on pairs that are not token-aligned)."""
+    layers = store.layers
+    recipients = [b if direction == "denoise" else a for a, b in pairs]
+    est = np.full((len(layers), len(sites), len(pairs)), np.nan)
+    pad_id = int(backend.lm.tokenizer.pad_token_id)
+    d = backend.lm.d_model
+    with progress_bar(progress) as bar:
+        task = bar.add_task(f"attribution ({direction})", total=len(recipients))
+        for b0 in range(0, len(recipients), batch_size):
+            chosen = recipients[b0 : b0 + batch_size]
+            batch = make_row_batch(store.items, chosen, pad_id)
+            width = int(batch.prompt_len.max())
+            pos = torch.arange(width)[None, :].expand(batch.n_rows, width)
+            leaves = {layer: torch.zeros(batch.n_rows, width, d, requires_grad=True) for layer in layers}
+            with torch.enable_grad():
+                out = backend.run(
+                    batch.input_ids,
+                    batch.attention_mask,
+                    edits=[Edit(layer, "add", leaves[layer], pos) for layer in layers],
+                    logit_positions=batch.logit_positions,
+                )
+                assert out.logits is not None
+                lp = continuation_logprobs(out.logits, batch.targets, batch.target_mask)
+                (lp[0::2] - lp[1::2]).sum().backward()
+            for li, layer in enumerate(layers):
+                g_rows = leaves[layer].grad
+                assert g_rows is not None
+                g = g_rows[0::2] + g_rows[1::2]  # the accept and reject rows share the prompt
+                for r, i in enumerate(chosen):
+                    k = b0 + r
+                    for si, site in enumerate(sites):
+                        if (
+                            site == SPAN or (site.startswith("cue") and site != "cue")
+                        ) and i not in store.aligned:
+                            continue
+                        if site == SPAN and layer not in store.span_layers:
+                            continue
+                        where, mine = store.site(i, layer, site)
+                        _, theirs = store.site(store.partner[i], layer, site)
+                        est[li, si, k] = float(((theirs - mine) * g[r, where]).sum())
+            bar.advance(task, len(chosen))
+    return est
+
+
+def attribution_matrix(
+    est: np.ndarray, pairs: Sequence[tuple[int, int]], clean: np.ndarray, direction: Direction, min_gap: float
+) -> tuple[list[list[float | None]], list[list[float]]]:
+    """Normalized (0 = paid, 1 = free; ``None`` without a gap) and raw mean estimates, ``[layer][site]``."""
+    free = np.array([clean[a] for a, _ in pairs])
+    paid = np.array([clean[b] for _, b in pairs])
+    norm_m, raw_m = [], []
+    for li in range(est.shape[0]):
+        nrow: list[float | None] = []
+        rrow: list[float] = []
+        for si in range(est.shape[1]):
+            e = est[li, si]
+            keep = np.isfinite(e)
+            if not keep.any():
+                nrow.append(None)
+                rrow.append(float("nan"))
+                continue
+            raw = float(e[keep].mean())
+            gap = float(free[keep].mean() - paid[keep].mean())
+            rrow.append(raw)
+            if abs(gap) < max(min_gap, 1e-12):
+                nrow.append(None)
+            else:
+                nrow.append(raw / gap + (1.0 if direction == "noise" else 0.0))
+        norm_m.append(nrow)
+        raw_m.append(rrow)
+    return norm_m, raw_m

@@ -1,0 +1,126 @@
+"""Configs for the causal experiments: pure data, validated by pydantic; sizes and devices resolve in the runners."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from afprobe.config import StrictModel
+from afprobe.models import ModelConfig
+from afprobe.scenarios import POSITION_NAMES, ScenarioConfig
+
+SteerPositions = Literal["all", "from_cue", "generated"]
+Backend = Literal["nnsight", "transformer_lens", "hooks"]
+
+
+class ComplianceConfig(StrictModel):
+    """How compliance is measured.
+
+    The logit metric is always computed; ``generate`` adds generated responses (``max_new_tokens``, greedy unless
+    ``sample``), each classified by the registered ``classifier``. ``min_gap`` (nats) is the smallest free − paid
+    difference in the logit metric that counts as a gap: below it, fractions of the gap are not reported."""
+
+    batch_size: int = Field(default=8, ge=1)
+    generate: bool = True
+    max_new_tokens: int = Field(default=48, ge=1)
+    sample: bool = False
+    temperature: float = Field(default=1.0, gt=0)
+    use_cache: bool = True
+    classifier: str = "prefix"
+    n_bootstrap: int = Field(default=1000, ge=100)
+    ci: float = Field(default=0.95, gt=0, lt=1)
+    min_gap: float = Field(default=0.05, ge=0)
+
+
+class SteeringConfig(StrictModel):
+    """Steering sweep: ``layers`` × ``alphas``, each on both tiers, with ``n_random`` matched random directions.
+
+    The added vector is ``alpha · unit direction · median residual norm`` at that layer (median over prompts and
+    the steered positions). ``positions``: ``all`` tokens, ``from_cue`` (the tier value and everything after it),
+    or ``generated`` (the last prompt token, where the response starts, and every response token).
+    ``layers: auto`` takes up to ``n_auto_layers`` evenly spaced layers that have a direction."""
+
+    layers: Literal["auto"] | list[int] = "auto"
+    n_auto_layers: int = Field(default=5, ge=1)
+    alphas: list[float] = [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0]
+    positions: SteerPositions = "from_cue"
+    n_random: int = Field(default=8, ge=8)
+    ablate: bool = True
+    direction_position: str = "last"
+    probe: str | None = None
+    batch_size: int = Field(default=4, ge=1)
+    max_rows: int = Field(default=64, ge=2)
+    share_prefix: bool = True
+    generate: bool = False
+    backend: Backend | None = None
+
+    @field_validator("alphas")
+    @classmethod
+    def _nonempty(cls, v: list[float]) -> list[float]:
+        if not v:
+            raise ValueError("alphas is empty")
+        return v
+
+    @field_validator("direction_position")
+    @classmethod
+    def _known_position(cls, v: str) -> str:
+        if v not in POSITION_NAMES:
+            raise ValueError(f"unknown position {v!r} (known: {', '.join(POSITION_NAMES)})")
+        return v
+
+
+class PatchingConfig(StrictModel):
+    """Activation patching between the free and paid twin of each pair.
+
+    Exact patching at ``layers`` × named ``positions`` (denoising free → paid, and noising paid → free when
+    ``noising``), per token at offsets ``-window..window`` around the cue (token-aligned pairs only), subspace
+    patching along the probe direction, and attribution patching (a gradient approximation) over the same grid."""
+
+    layers: Literal["all"] | list[int] = "all"
+    positions: list[str] = list(POSITION_NAMES)
+    window: int = Field(default=3, ge=0)
+    noising: bool = True
+    subspace: bool = True
+    attribution: bool = True
+    direction_position: str = "last"
+    probe: str | None = None
+    batch_size: int = Field(default=4, ge=1)
+    max_rows: int = Field(default=64, ge=2)
+    share_prefix: bool = True
+    min_gap: float = Field(default=0.05, ge=0)
+    backend: Backend | None = None
+
+    @field_validator("positions")
+    @classmethod
+    def _known_positions(cls, v: list[str]) -> list[str]:
+        for name in v:
+            if name not in POSITION_NAMES:
+                raise ValueError(f"unknown position {name!r} (known: {', '.join(POSITION_NAMES)})")
+        if not v:
+            raise ValueError("positions is empty")
+        return v
+
+
+def _harmful_scenario() -> ScenarioConfig:
+    return ScenarioConfig(harmful=True)
+
+
+class SteerRunConfig(StrictModel):
+    """Everything ``afprobe steer`` needs (compliance is measured first: steering is stated against its gap)."""
+
+    model: ModelConfig = ModelConfig()
+    scenario: ScenarioConfig = Field(default_factory=_harmful_scenario)
+    compliance: ComplianceConfig = ComplianceConfig()
+    steering: SteeringConfig = SteeringConfig()
+    seed: int = 0
+
+
+class PatchRunConfig(StrictModel):
+    """Everything ``afprobe patch`` needs."""
+
+    model: ModelConfig = ModelConfig()
+    scenario: ScenarioConfig = Field(default_factory=_harmful_scenario)
+    compliance: ComplianceConfig = ComplianceConfig(generate=False)
+    patching: PatchingConfig = PatchingConfig()
+    seed: int = 0

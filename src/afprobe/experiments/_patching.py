@@ -1,0 +1,315 @@
+"""Activation patching between the free and paid twin of every pair.
+
+- Denoising (free → paid): run the paid prompt with the free run's residual stream at one layer and site;
+  noising (paid → free) the reverse. Both are normalized on one scale: 0 = the unpatched paid run, 1 = the free
+  run, computed on the mean over pairs (per-pair values are kept raw).
+- Sites: named positions (each twin's own token index, so misaligned pairs work), single tokens at offsets
+  around the cue, and ``from_cue``: every prompt token from the first token of the tier value (which may span
+  several tokens) to the last prompt token (token-aligned pairs only).
+- Subspace patching moves only the component along the probe direction: the fraction of full patching it
+  recovers is the direct test of whether that one direction carries the effect.
+
+Patches are written as an ``add`` of (donor − recipient), exact because a patch at layer L leaves the
+recipient's own layer-L activations untouched until the edit.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from afprobe.experiments._resid import prompt_batches
+from afprobe.experiments._scoring import RowBatch, ScoredPrompt, score_settings
+from afprobe.models import Backend, Edit
+
+SPAN = "from_cue"
+
+
+@dataclass
+class PatchStore:
+    """Residual-stream values the patches need, per prompt: named positions at every layer, the cue window
+    (aligned pairs) and the cue-to-last span at the subspace layers (aligned pairs)."""
+
+    layers: list[int]
+    positions: list[str]
+    window: int
+    span_layers: list[int]
+    partner: dict[int, int]
+    aligned: set[int]
+    named: dict[int, Tensor] = field(default_factory=dict)  # [L, Q, d]
+    win: dict[int, Tensor] = field(default_factory=dict)  # [L, 2w+1, d]
+    win_pos: dict[int, Tensor] = field(default_factory=dict)  # [2w+1] token index (clipped)
+    win_ok: dict[int, Tensor] = field(default_factory=dict)  # [2w+1] bool
+    span: dict[int, Tensor] = field(default_factory=dict)  # [Ls, n, d]
+    span_start: dict[int, int] = field(default_factory=dict)
+    items: list[ScoredPrompt] = field(default_factory=list)
+
+    @property
+    def offsets(self) -> list[int]:
+        return list(range(-self.window, self.window + 1))
+
+    def site(self, i: int, layer: int, site: str) -> tuple[Tensor, Tensor]:
+        """``(token indices [k], values [k, d])`` of prompt ``i`` at ``layer`` and ``site``."""
+        li = self.layers.index(layer)
+        if site in self.positions:
+            q = self.positions.index(site)
+            return torch.tensor([self.items[i].tok.positions[site]]), self.named[i][li, q : q + 1]
+        if site == SPAN:
+            n = self.span[i].shape[1]
+            return torch.arange(self.span_start[i], self.span_start[i] + n), self.span[i][
+                self.span_layers.index(layer)
+            ]
+        o = self.offsets.index(int(site.removeprefix("cue")))
+        return self.win_pos[i][o : o + 1], self.win[i][li, o : o + 1] * self.win_ok[i][o]
+
+
+def collect(
+    backend: Backend,
+    items: Sequence[ScoredPrompt],
+    pairs: Sequence[tuple[int, int]],
+    layers: Sequence[int],
+    positions: Sequence[str],
+    window: int,
+    span_layers: Sequence[int],
+    *,
+    batch_size: int = 4,
+) -> PatchStore:
+    """One pass over every prompt of ``pairs``, keeping what the patches will need."""
+    partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
+    aligned = set()
+    for a, b in pairs:
+        ta, tb = items[a].tok, items[b].tok
+        if len(ta.input_ids) == len(tb.input_ids) and ta.positions == tb.positions:
+            aligned |= {a, b}
+    store = PatchStore(
+        list(layers), list(positions), window, list(span_layers), partner, aligned, items=list(items)
+    )
+    read = sorted(set(layers) | set(span_layers))
+    pad_id = int(backend.lm.tokenizer.pad_token_id)
+    with torch.inference_mode():
+        for chosen, ids, mask in prompt_batches(items, sorted(partner), batch_size, pad_id):
+            out = backend.run(ids, mask, read_layers=read, logits=False)
+            h = {layer: out.resid[layer].float().cpu() for layer in read}
+            for r, i in enumerate(chosen):
+                tp = items[i].tok
+                n = len(tp.input_ids)
+                idx = torch.tensor([tp.positions[p] for p in positions])
+                store.named[i] = torch.stack([h[layer][r, idx] for layer in layers])
+                if i not in aligned:
+                    continue
+                raw = torch.tensor([tp.positions["cue"] + o for o in store.offsets])
+                store.win_ok[i] = (raw >= 0) & (raw < n)
+                store.win_pos[i] = raw.clamp(0, n - 1)
+                store.win[i] = torch.stack([h[layer][r, store.win_pos[i]] for layer in layers])
+                if span_layers:
+                    start = first_difference(
+                        tp.input_ids, items[partner[i]].tok.input_ids, tp.positions["cue"]
+                    )
+                    store.span_start[i] = start
+                    store.span[i] = torch.stack([h[layer][r, start:n] for layer in span_layers])
+    return store
+
+
+def first_difference(a: Sequence[int], b: Sequence[int], cue: int) -> int:
+    """First token where two twins differ (the start of the tier value, which may span several tokens), at most
+    the cue token."""
+    return min(cue, next((k for k, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), cue))
+
+
+@dataclass(frozen=True)
+class PatchSetting:
+    """Patch each recipient prompt with its twin's activations at ``layer`` and ``site``; ``subspace`` moves only
+    the component along ``direction``."""
+
+    store: PatchStore
+    layer: int
+    site: str
+    direction: Tensor | None = None
+
+    @property
+    def kind(self) -> str:
+        return "subspace" if self.direction is not None else "full"
+
+    def __call__(self, batch: RowBatch) -> list[Edit]:
+        vals, poss = [], []
+        for i in batch.indices:
+            pos, mine = self.store.site(i, self.layer, self.site)
+            _, theirs = self.store.site(self.store.partner[i], self.layer, self.site)
+            delta = theirs - mine
+            if self.direction is not None:
+                u = self.direction.to(delta.dtype)
+                delta = (delta @ u)[:, None] * u[None, :]
+            vals.append(delta)
+            poss.append(pos)
+        k = max(len(p) for p in poss)
+        d = vals[0].shape[-1]
+        v = torch.zeros(len(vals), k, d)
+        p = torch.zeros(len(vals), k, dtype=torch.long)
+        for r, (vv, pp) in enumerate(zip(vals, poss, strict=True)):
+            v[r, : len(pp)], p[r, : len(pp)], p[r, len(pp) :] = vv, pp, pp[-1]
+        return [Edit(self.layer, "add", batch.per_row(v), batch.per_row(p))]
+
+
+Direction = Literal["denoise", "noise"]
+
+
+@dataclass
+class PatchGrid:
+    """Exact patching results: ``metric[setting, pair]`` of the recipients, with the settings' labels."""
+
+    direction: Direction
+    settings: list[PatchSetting]
+    pairs: list[tuple[int, int]]
+    metric: np.ndarray
+
+    def lookup(self, kind: str, layer: int, site: str) -> np.ndarray | None:
+        for s, row in zip(self.settings, self.metric, strict=True):
+            if s.kind == kind and s.layer == layer and s.site == site:
+                return row
+        return None
+
+
+def exact_patching(
+    backend: Backend,
+    store: PatchStore,
+    pairs: Sequence[tuple[int, int]],
+    settings: Sequence[PatchSetting],
+    direction: Direction,
+    *,
+    batch_size: int = 4,
+    max_rows: int = 64,
+    share_prefix: bool = True,
+    progress: bool = False,
+) -> PatchGrid:
+    """Recipients' metric under each setting: paid prompts for ``denoise``, free prompts for ``noise``."""
+    recipients = [b if direction == "denoise" else a for a, b in pairs]
+    scores = score_settings(
+        backend,
+        store.items,
+        list(settings),
+        indices=recipients,
+        batch_size=batch_size,
+        max_rows=max_rows,
+        share_prefix=share_prefix,
+        progress=progress,
+        description=f"patching ({direction})",
+    )
+    return PatchGrid(direction, list(settings), list(pairs), scores.metric)
+
+
+def normalized(patched: np.ndarray, free: np.ndarray, paid: np.ndarray, min_gap: float) -> float | None:
+    """``(mean patched − mean paid) / (mean free − mean paid)``; ``None`` when the gap is below ``min_gap``."""
+    gap = float(free.mean() - paid.mean())
+    if not np.isfinite(gap) or abs(gap) < max(min_gap, 1e-12):
+        return None
+    return float((patched.mean() - paid.mean()) / gap)
+
+
+def grid_matrix(
+    grid: PatchGrid,
+    kind: str,
+    layers: Sequence[int],
+    sites: Sequence[str],
+    clean: np.ndarray,
+    min_gap: float,
+    restrict: set[int] | None = None,
+) -> tuple[list[list[float | None]], list[list[float]]]:
+    """``[layer][site]`` normalized effects (``None`` when undefined) and raw mean shifts of the recipients."""
+    free = np.array([clean[a] for a, _ in grid.pairs])
+    paid = np.array([clean[b] for _, b in grid.pairs])
+    keep = np.array([restrict is None or a in restrict for a, _ in grid.pairs])
+    base = paid if grid.direction == "denoise" else free
+    norm_m, raw_m = [], []
+    for layer in layers:
+        nrow: list[float | None] = []
+        rrow: list[float] = []
+        for site in sites:
+            row = grid.lookup(kind, layer, site)
+            if row is None or not keep.any():
+                nrow.append(None)
+                rrow.append(float("nan"))
+                continue
+            nrow.append(normalized(row[keep], free[keep], paid[keep], min_gap))
+            rrow.append(float((row[keep] - base[keep]).mean()))
+        norm_m.append(nrow)
+        raw_m.append(rrow)
+    return norm_m, raw_m
+
+
+def pair_rows(grid: PatchGrid, clean: np.ndarray, items: Sequence[ScoredPrompt]) -> list[dict[str, Any]]:
+    """Per-pair CSV rows (raw metrics: patched recipient, free run, paid run)."""
+    rows = []
+    for s, metric in zip(grid.settings, grid.metric, strict=True):
+        for (a, b), v in zip(grid.pairs, metric, strict=True):
+            per_token = s.site == SPAN or (s.site.startswith("cue") and s.site != "cue")
+            if per_token and a not in s.store.aligned:
+                continue
+            p = items[a].prompt
+            rows.append(
+                {
+                    "kind": s.kind,
+                    "direction": grid.direction,
+                    "layer": s.layer,
+                    "site": s.site,
+                    "pair_id": p.pair_id,
+                    "request_id": p.request_id,
+                    "system_prompt": p.system_prompt,
+                    "cue_format": p.cue_format,
+                    "patched": float(v),
+                    "free": float(clean[a]),
+                    "paid": float(clean[b]),
+                }
+            )
+    return rows
+
+
+def window_sites(window: int) -> list[str]:
+    return [f"cue{o:+d}" for o in range(-window, window + 1)]
+
+
+def run_exact(
+    backend: Backend,
+    store: PatchStore,
+    pairs: Sequence[tuple[int, int]],
+    layers: Sequence[int],
+    directions: dict[int, Tensor],
+    *,
+    noising: bool,
+    subspace: bool,
+    batch_size: int,
+    max_rows: int,
+    share_prefix: bool,
+    progress: bool,
+) -> dict[str, PatchGrid]:
+    """Every exact patch: named sites on all pairs; window and span sites on aligned pairs."""
+    named = [PatchSetting(store, layer, q) for layer in layers for q in store.positions]
+    if subspace:
+        named += [
+            PatchSetting(store, layer, q, directions[layer])
+            for layer in store.span_layers
+            for q in store.positions
+        ]
+    aligned_pairs = [pq for pq in pairs if pq[0] in store.aligned]
+    per_token = [PatchSetting(store, layer, s) for layer in layers for s in window_sites(store.window)]
+    spans = [PatchSetting(store, layer, SPAN) for layer in store.span_layers]
+    if subspace:
+        spans += [PatchSetting(store, layer, SPAN, directions[layer]) for layer in store.span_layers]
+    out: dict[str, PatchGrid] = {}
+    kw = {"batch_size": batch_size, "max_rows": max_rows, "share_prefix": share_prefix, "progress": progress}
+    for direction in ("denoise", "noise") if noising else ("denoise",):
+        out[f"named_{direction}"] = exact_patching(backend, store, pairs, named, direction, **kw)  # type: ignore[arg-type]
+        if aligned_pairs:
+            out[f"window_{direction}"] = exact_patching(
+                backend,
+                store,
+                aligned_pairs,
+                per_token + spans,
+                direction,
+                **kw,  # type: ignore[arg-type]
+            )
+    return out

@@ -1,0 +1,478 @@
+"""The engine under every experiment: teacher-forced log-probabilities of the accept and reject prefixes, under
+any number of interventions ("settings"), several settings stacked into one forward pass.
+
+A batch of ``B`` prompts becomes ``2B`` rows: row ``2i`` is prompt ``i`` followed by the accept tag, row ``2i + 1``
+the same prompt followed by the reject tag (each tag tokenized in context). A *setting* is a function of that
+:class:`RowBatch` returning the :class:`~afprobe.models.Edit` s to apply; :func:`score_settings` stacks up to
+``max_rows`` rows of settings into one pass, each block of rows carrying its own edits (:func:`stack_edits`), and,
+when every edit starts after some token ``s``, runs the unedited prefix ``[0, s)`` once and shares its KV cache.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from jaxtyping import Bool, Float, Int
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from torch import Tensor
+
+from afprobe.models import Backend, Edit
+from afprobe.models._backends import fan_out_start
+from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, Prompt, TokenizedPrompt
+
+PositionMode = Literal["all", "from_cue", "generated"]
+
+
+@dataclass(frozen=True)
+class ScoredPrompt:
+    """A tokenized prompt with the token ids of the accept and reject prefixes that follow it."""
+
+    tok: TokenizedPrompt
+    accept: tuple[int, ...]
+    reject: tuple[int, ...]
+
+    @property
+    def prompt(self) -> Prompt:
+        return self.tok.prompt
+
+    @property
+    def length(self) -> int:
+        return len(self.tok.input_ids)
+
+
+def continuation_ids(tokenizer: Any, tok: TokenizedPrompt, tag: str) -> list[int]:
+    """The tokens of ``tag`` when it follows the prompt: the prompt text and the tag are tokenized together, so
+    a merge across the boundary or a context-dependent split is what the model would really see."""
+    base = tokenizer(tok.text, add_special_tokens=False)["input_ids"]
+    full = tokenizer(tok.text + tag, add_special_tokens=False)["input_ids"]
+    if list(full[: len(base)]) == list(base) and len(full) > len(base):
+        return list(full[len(base) :])
+    return list(tokenizer(tag, add_special_tokens=False)["input_ids"])  # the boundary merged: tag on its own
+
+
+def prepare_prompts(
+    tokenizer: Any, toks: Sequence[TokenizedPrompt], accept: str = ACCEPT_TAG, reject: str = REJECT_TAG
+) -> list[ScoredPrompt]:
+    """Attach the in-context accept and reject token ids to every tokenized prompt."""
+    return [
+        ScoredPrompt(
+            t, tuple(continuation_ids(tokenizer, t, accept)), tuple(continuation_ids(tokenizer, t, reject))
+        )
+        for t in toks
+    ]
+
+
+@dataclass
+class RowBatch:
+    """``B`` prompts as ``2B`` right-padded rows (accept, reject, accept, reject, ...)."""
+
+    indices: list[int]
+    items: list[ScoredPrompt]
+    input_ids: Int[Tensor, "rows seq"]
+    attention_mask: Int[Tensor, "rows seq"]
+    prompt_len: Tensor
+    total_len: Tensor
+    named: dict[str, Tensor]
+    row_prompt: Tensor
+    logit_positions: Int[Tensor, "rows k"]
+    targets: Int[Tensor, "rows k"]
+    target_mask: Bool[Tensor, "rows k"]
+
+    @property
+    def n_rows(self) -> int:
+        return int(self.input_ids.shape[0])
+
+    @property
+    def seq_len(self) -> int:
+        return int(self.input_ids.shape[1])
+
+    def mask(self, mode: PositionMode) -> Bool[Tensor, "rows seq"]:
+        """Where a steering edit applies: ``all`` real tokens, ``from_cue`` on, or ``generated`` (from the last
+        prompt token, where the response starts)."""
+        cols = torch.arange(self.seq_len)[None, :]
+        start = {
+            "all": torch.zeros_like(self.prompt_len),
+            "from_cue": self.named["cue"],
+            "generated": self.prompt_len - 1,
+        }[mode]
+        return (cols >= start[:, None]) & (cols < self.total_len[:, None])
+
+    def per_row(self, x: Tensor) -> Tensor:
+        """Expand a per-prompt tensor ``[B, ...]`` to the rows ``[2B, ...]``."""
+        return x[self.row_prompt]
+
+
+def make_row_batch(items: Sequence[ScoredPrompt], indices: Sequence[int], pad_id: int) -> RowBatch:
+    chosen = [items[i] for i in indices]
+    seqs: list[list[int]] = []
+    prompt_len, conts = [], []
+    for it in chosen:
+        for cont in (it.accept, it.reject):
+            seqs.append([*it.tok.input_ids, *cont])
+            prompt_len.append(it.length)
+            conts.append(list(cont))
+    width = max(len(s) for s in seqs)
+    n = len(seqs)
+    ids = torch.full((n, width), pad_id, dtype=torch.long)
+    mask = torch.zeros((n, width), dtype=torch.long)
+    for r, s in enumerate(seqs):
+        ids[r, : len(s)] = torch.tensor(s)
+        mask[r, : len(s)] = 1
+    k = max(len(c) for c in conts)
+    plen = torch.tensor(prompt_len)
+    lpos = plen[:, None] - 1 + torch.arange(k)[None, :]
+    cont_len = torch.tensor([len(c) for c in conts])
+    tmask = torch.arange(k)[None, :] < cont_len[:, None]
+    lpos = torch.where(tmask, lpos, plen[:, None] - 1)
+    targets = torch.zeros((n, k), dtype=torch.long)
+    for r, c in enumerate(conts):
+        targets[r, : len(c)] = torch.tensor(c)
+    names = chosen[0].tok.positions.keys()
+    named = {p: torch.tensor([it.tok.positions[p] for it in chosen for _ in (0, 1)]) for p in names}
+    return RowBatch(
+        indices=list(indices),
+        items=chosen,
+        input_ids=ids,
+        attention_mask=mask,
+        prompt_len=plen,
+        total_len=plen + cont_len,
+        named=named,
+        row_prompt=torch.arange(len(chosen)).repeat_interleave(2),
+        logit_positions=lpos,
+        targets=targets,
+        target_mask=tmask,
+    )
+
+
+Setting = Callable[[RowBatch], Sequence[Edit]]
+
+
+def no_edit(batch: RowBatch) -> list[Edit]:
+    """The unpatched, unsteered run."""
+    return []
+
+
+@dataclass
+class Scores:
+    """Log-probabilities of the accept and reject prefixes, ``[setting, prompt]``."""
+
+    accept: Float[np.ndarray, "setting prompt"]
+    reject: Float[np.ndarray, "setting prompt"]
+
+    @property
+    def metric(self) -> Float[np.ndarray, "setting prompt"]:
+        """log p(accept prefix) − log p(reject prefix)."""
+        return self.accept - self.reject
+
+
+def _as_mask(e: Edit, rows: int, seq_len: int) -> Tensor:
+    pos = e.positions
+    if pos is None:
+        return torch.ones(rows, seq_len, dtype=torch.bool)
+    if pos.dtype == torch.bool:
+        return pos.to("cpu")
+    m = torch.zeros(rows, seq_len, dtype=torch.bool)
+    m.scatter_(1, pos.to("cpu"), True)
+    return m
+
+
+def stack_edits(blocks: Sequence[Sequence[Edit]], rows: int, seq_len: int) -> list[Edit]:
+    """Edits for ``len(blocks)`` copies of a ``rows``-row batch stacked along the batch dimension: block ``b``'s
+    edits act on rows ``b * rows ... (b + 1) * rows - 1`` only. ``set`` edits cannot be stacked (write them as an
+    ``add`` of the difference)."""
+    slots: dict[tuple[int, str, bool, int], list[tuple[int, Edit]]] = {}
+    for b, edits in enumerate(blocks):
+        seen: Counter[tuple[int, str, bool]] = Counter()
+        for e in edits:
+            if e.op == "set":
+                raise ValueError("set edits cannot be stacked: use an add of (new - old)")
+            indexed = e.op == "add" and e.value.ndim == 3
+            key = (e.layer, e.op, indexed)
+            slots.setdefault((*key, seen[key]), []).append((b, e))
+            seen[key] += 1
+    total = len(blocks) * rows
+    out: list[Edit] = []
+    for (layer, op, indexed, _), members in slots.items():
+        d = members[0][1].value.shape[-1]
+        if not indexed:
+            value = torch.zeros(total, d)
+            mask = torch.zeros(total, seq_len, dtype=torch.bool)
+            for b, e in members:
+                v = e.value.detach().to("cpu", torch.float32)
+                value[b * rows : (b + 1) * rows] = v.expand(rows, d) if v.ndim == 1 else v
+                mask[b * rows : (b + 1) * rows] = _as_mask(e, rows, seq_len)
+            out.append(Edit(layer, op, value, mask))  # type: ignore[arg-type]
+            continue
+        k = max(int(e.value.shape[1]) for _, e in members)
+        fill = max(
+            int(e.positions.max()) for _, e in members if e.positions is not None
+        )  # keeps the prefix free
+        pos = torch.full((total, k), fill, dtype=torch.long)
+        vals = torch.zeros(total, k, d)
+        for b, e in members:
+            assert e.positions is not None
+            kk = int(e.value.shape[1])
+            pos[b * rows : (b + 1) * rows, :kk] = e.positions.to("cpu")
+            vals[b * rows : (b + 1) * rows, :kk] = e.value.detach().to("cpu", torch.float32)
+        out.append(Edit(layer, "add", vals, pos))
+    return out
+
+
+def edit_start(e: Edit, seq_len: int) -> int:
+    """The first token an edit touches (``seq_len`` if none)."""
+    if e.positions is None:
+        return 0
+    if e.positions.dtype == torch.bool:
+        cols = e.positions.any(0).nonzero()
+        return int(cols[0]) if len(cols) else seq_len
+    return int(e.positions.min()) if e.positions.numel() else seq_len
+
+
+def shift_edit(e: Edit, s: int) -> Edit:
+    """The same edit for a pass that starts at token ``s`` (the tokens before it come from a KV cache)."""
+    if s == 0:
+        return e
+    if e.positions is None:
+        raise ValueError("an edit on every position cannot skip a prefix")
+    pos = e.positions[:, s:] if e.positions.dtype == torch.bool else e.positions - s
+    return Edit(e.layer, e.op, e.value, pos)
+
+
+def select_cache(cache: Any, rows: Tensor, below: tuple[int, Tensor] | None = None) -> Any:
+    """A copy of a KV cache holding the batch rows ``rows`` (in that order); the original is left intact.
+    ``below=(block, other)``: the blocks before ``block`` take the rows ``other`` instead (a fanned-out pass,
+    see ``Backend.run``)."""
+
+    def pick(i: int) -> Tensor:
+        return below[1] if below is not None and i < below[0] else rows
+
+    if isinstance(cache, tuple):
+        return tuple(
+            tuple(t.index_select(0, pick(i).to(t.device)) for t in layer) for i, layer in enumerate(cache)
+        )
+    new = copy.copy(cache)
+    new.layers = [copy.copy(layer) for layer in cache.layers]
+    for i, layer in enumerate(new.layers):
+        layer.reorder_cache(pick(i))
+    return new
+
+
+def continuation_logprobs(
+    logits: Float[Tensor, "rows k vocab"], targets: Int[Tensor, "rows k"], mask: Bool[Tensor, "rows k"]
+) -> Tensor:
+    """Sum over the continuation of log p(target token)."""
+    lp = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.to(logits.device)[..., None])[..., 0]
+    return (lp * mask.to(lp.device)).sum(-1)
+
+
+@contextmanager
+def progress_bar(enabled: bool) -> Iterator[Progress]:
+    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
+    with Progress(*columns, disable=not enabled, transient=True) as bar:
+        yield bar
+
+
+def score_settings(
+    backend: Backend,
+    items: Sequence[ScoredPrompt],
+    settings: Sequence[Setting],
+    *,
+    indices: Sequence[int] | None = None,
+    batch_size: int = 4,
+    max_rows: int = 64,
+    share_prefix: bool = True,
+    progress: bool = False,
+    description: str = "scoring",
+) -> Scores:
+    """Log-probabilities of the accept and reject prefixes of ``items[indices]`` under every setting.
+
+    Up to ``max_rows`` rows (copies of a ``2 × batch_size``-row batch, one per setting) run in one forward pass.
+    With ``share_prefix`` the tokens before the first edited one are run once per batch and their KV cache is
+    shared by every setting (the result is the same, up to float rounding)."""
+    idx = list(range(len(items))) if indices is None else list(indices)
+    n_set = len(settings)
+    acc = np.zeros((n_set, len(idx)))
+    rej = np.zeros((n_set, len(idx)))
+    pad_id = int(backend.lm.tokenizer.pad_token_id)
+    # batches of similar length: less padding, and a shared prefix that is nearly each row's own
+    order = sorted(range(len(idx)), key=lambda c: (items[idx[c]].length, c))
+    starts = list(range(0, len(idx), batch_size))
+    with progress_bar(progress) as bar, torch.inference_mode():
+        task = bar.add_task(description, total=len(starts) * n_set)
+        for b0 in starts:
+            cols = order[b0 : b0 + batch_size]
+            batch = make_row_batch(items, [idx[c] for c in cols], pad_id)
+            lp_acc, lp_rej = _score_batch(backend, batch, settings, max_rows, share_prefix, bar, task)
+            acc[:, cols] = lp_acc
+            rej[:, cols] = lp_rej
+    return Scores(acc, rej)
+
+
+CACHE_BACKENDS = ("hooks", "nnsight")  # backends with KV-cache and position_ids support
+
+
+def _score_batch(
+    backend: Backend,
+    batch: RowBatch,
+    settings: Sequence[Setting],
+    max_rows: int,
+    share_prefix: bool,
+    bar: Progress,
+    task: Any,
+) -> tuple[np.ndarray, np.ndarray]:
+    rows, seq = batch.n_rows, batch.seq_len
+    blocks = [list(setting(batch)) for setting in settings]
+    width = int(batch.prompt_len.max())
+    staged = (
+        share_prefix
+        and backend.name in CACHE_BACKENDS
+        and all(_prompt_only(e, width) for block in blocks for e in block)
+    )
+    per_pass = max(1, max_rows // rows)
+    out_acc = np.zeros((len(settings), rows // 2))
+    out_rej = np.zeros((len(settings), rows // 2))
+    if not staged:
+        for c0 in range(0, len(settings), per_pass):
+            chunk = blocks[c0 : c0 + per_pass]
+            lp = _single_pass(backend, batch, stack_edits(chunk, rows, seq), len(chunk))
+            out_acc[c0 : c0 + len(chunk)], out_rej[c0 : c0 + len(chunk)] = lp[..., 0], lp[..., 1]
+            bar.advance(task, len(chunk))
+        return out_acc, out_rej
+    first = min((edit_start(e, seq) for block in blocks for e in block), default=seq)
+    s = max(0, min(first, int(batch.prompt_len.min()) - 1))
+    prefix = None
+    if s > 0:  # the unedited prefix, once per prompt
+        even = slice(0, rows, 2)
+        zero = torch.zeros(rows // 2, 1, dtype=torch.long)
+        prefix = backend.run(
+            batch.input_ids[even, :s], batch.attention_mask[even, :s], use_cache=True, logit_positions=zero
+        ).cache
+    for chosen in _chunks_by_layer(blocks, per_pass, backend.n_layers):
+        chunk = [blocks[i] for i in chosen]
+        fan = min((e.layer for block in chunk for e in block), default=backend.n_layers)
+        lp = _staged_pass(
+            backend,
+            batch,
+            stack_edits(chunk, rows, seq),
+            len(chunk),
+            s,
+            prefix,
+            fan if backend.supports_fan_out else None,
+        )
+        out_acc[chosen], out_rej[chosen] = lp[..., 0], lp[..., 1]
+        bar.advance(task, len(chunk))
+    return out_acc, out_rej
+
+
+def _chunks_by_layer(blocks: Sequence[Sequence[Edit]], per_pass: int, n_layers: int) -> list[list[int]]:
+    """Settings in passes of at most ``per_pass``, each pass holding settings that first edit the same layer (the
+    blocks below it then run once for the whole pass)."""
+    groups: dict[int, list[int]] = {}
+    for i, block in enumerate(blocks):
+        groups.setdefault(min((e.layer for e in block), default=n_layers), []).append(i)
+    return [g[c : c + per_pass] for _, g in sorted(groups.items()) for c in range(0, len(g), per_pass)]
+
+
+def _prompt_only(e: Edit, width: int) -> bool:
+    """Masked edits can be split between the stages; indexed ones must stay inside the prompt."""
+    if e.positions is None or e.positions.dtype == torch.bool:
+        return True
+    return int(e.positions.max()) < width
+
+
+def _single_pass(backend: Backend, batch: RowBatch, edits: list[Edit], n: int) -> np.ndarray:
+    """Every row in full (prompt and continuation), ``n`` stacked copies: ``[n, B, 2]`` log-probabilities."""
+    out = backend.run(
+        batch.input_ids.repeat(n, 1),
+        batch.attention_mask.repeat(n, 1),
+        edits=edits,
+        logit_positions=batch.logit_positions.repeat(n, 1),
+    )
+    assert out.logits is not None
+    lp = continuation_logprobs(out.logits, batch.targets.repeat(n, 1), batch.target_mask.repeat(n, 1))
+    return lp.view(n, batch.n_rows // 2, 2).cpu().numpy()
+
+
+def _staged_pass(
+    backend: Backend, batch: RowBatch, edits: list[Edit], n: int, s: int, prefix: Any, fan: int | None = None
+) -> np.ndarray:
+    """Stage A: each prompt once per copy, from token ``s`` (earlier tokens from the ``prefix`` cache), edited;
+    it gives the first continuation token's logits. Stage B: both continuations from stage A's cache. With
+    ``fan`` (the lowest edited layer), both stages run the blocks below it once for all ``n`` copies."""
+    rows, nb = batch.n_rows, batch.n_rows // 2
+    m = n if fan is None else 1  # copies fed in (a fanned-out pass makes the n copies at layer ``fan``)
+    fan_out = None if fan is None else (fan, n)
+    plen = batch.prompt_len[0::2]  # [B]
+    width = int(plen.max())
+    # stage A: rows (copy c, prompt b) = stacked rows c * 2B + 2b
+    rows_a = (torch.arange(n)[:, None] * rows + torch.arange(0, rows, 2)[None, :]).reshape(-1)
+    prompt_ids = torch.where(
+        torch.arange(width)[None, :] < plen[:, None], batch.input_ids[0::2, :width], batch.input_ids[0, 0]
+    )
+    prompt_mask = (torch.arange(width)[None, :] < plen[:, None]).long()
+    kwargs: dict[str, Any] = {"use_cache": True, "fan_out": fan_out}
+    if prefix is not None:
+        below = None if fan is None else (fan_out_start(fan), torch.arange(nb))
+        kwargs["cache"] = select_cache(prefix, torch.arange(nb).repeat(n), below)
+    out_a = backend.run(
+        prompt_ids[:, s:].repeat(m, 1),
+        prompt_mask.repeat(m, 1),
+        edits=[_remap_prompt(e, rows_a, s, width) for e in edits],
+        logit_positions=(plen - 1 - s).repeat(n)[:, None],
+        position_ids=torch.arange(s, width).expand(m * nb, -1),
+        **kwargs,
+    )
+    assert out_a.logits is not None
+    targets = batch.targets.repeat(n, 1)
+    tmask = batch.target_mask.repeat(n, 1)
+    first = torch.log_softmax(out_a.logits[:, 0].float(), -1).repeat_interleave(2, dim=0)  # b -> 2b, 2b+1
+    lp = first.gather(-1, targets[:, :1].to(first.device))[:, 0]
+    k = int(batch.targets.shape[1])
+    if k > 1:
+        # continuation columns in the batch's coordinates
+        cols = batch.prompt_len.repeat(n)[:, None] + torch.arange(k)[None, :]
+        ids_b = torch.where(tmask, targets, batch.input_ids[0, 0])[: m * rows]
+        below = None if fan is None else (fan_out_start(fan), torch.arange(nb).repeat_interleave(2))
+        out_b = backend.run(
+            ids_b,
+            torch.cat(
+                [prompt_mask.repeat(m, 1).repeat_interleave(2, dim=0), tmask[: m * rows].long()], dim=1
+            ),
+            edits=[e for e in (_remap_continuation(e, cols, tmask) for e in edits) if e is not None],
+            logit_positions=torch.arange(k - 1).expand(n * rows, -1),
+            position_ids=cols[: m * rows],
+            cache=select_cache(out_a.cache, torch.arange(n * nb).repeat_interleave(2), below),
+            use_cache=True,
+            fan_out=fan_out,
+        )
+        assert out_b.logits is not None
+        lp = lp + continuation_logprobs(out_b.logits, targets[:, 1:], tmask[:, 1:])
+    return lp.view(n, nb, 2).cpu().numpy()
+
+
+def _remap_prompt(e: Edit, rows: Tensor, s: int, width: int) -> Edit:
+    """``e`` on stage A: batch rows ``rows`` and the prompt columns ``[s, width)``."""
+    value = e.value[rows] if e.value.ndim >= 2 else e.value
+    if e.positions is None:
+        return Edit(e.layer, e.op, value, None)
+    if e.positions.dtype == torch.bool:
+        return Edit(e.layer, e.op, value, e.positions[rows, s:width])
+    return Edit(e.layer, e.op, value, e.positions[rows] - s)
+
+
+def _remap_continuation(e: Edit, cols: Tensor, valid: Tensor) -> Edit | None:
+    """``e`` on stage B: every row, at its continuation columns ``cols`` ``[rows, k]``; indexed edits (prompt
+    tokens only) have nothing there."""
+    if e.positions is not None and e.positions.dtype != torch.bool:
+        return None
+    if e.positions is None:
+        return Edit(e.layer, e.op, e.value, valid)
+    mask = e.positions.gather(1, cols.clamp(max=e.positions.shape[1] - 1))
+    return Edit(e.layer, e.op, e.value, mask & valid)

@@ -1,0 +1,161 @@
+"""Compliance: the in-context logit metric, the classifier, the gap and its CI, the no-gap report."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from afprobe import AfprobeError
+from afprobe.experiments import (
+    ComplianceConfig,
+    PrefixClassifier,
+    bootstrap_mean,
+    bootstrap_ratio,
+    continuation_ids,
+    gap_summary,
+    get_classifier,
+    logit_scores,
+    measure_compliance,
+    pair_indices,
+    register_classifier,
+    spearman,
+)
+from afprobe.models import make_backend
+from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG
+
+from .conftest import make_planted, toy_items
+
+
+def _manual_logprob(lm, prompt_ids: list[int], cont: list[int]) -> float:
+    ids = torch.tensor([prompt_ids + cont])
+    with torch.no_grad():
+        logp = torch.log_softmax(lm.model(input_ids=ids).logits[0].float(), -1)
+    n = len(prompt_ids)
+    return float(sum(logp[n - 1 + j, t] for j, t in enumerate(cont)))
+
+
+def test_continuations_are_tokenized_in_context_and_share_a_first_token(tiny_lm, tiny_items) -> None:
+    it = tiny_items[0]
+    tok = tiny_lm.tokenizer
+    assert list(it.accept) == continuation_ids(tok, it.tok, ACCEPT_TAG)
+    full = tok(it.tok.text + ACCEPT_TAG, add_special_tokens=False)["input_ids"]
+    assert full == [*it.tok.input_ids, *it.accept]
+    assert (
+        it.accept[0] == it.reject[0]
+    )  # "<" on a byte tokenizer: first-token logits could not tell them apart
+    assert len(it.accept) == len(ACCEPT_TAG.encode()) and len(it.reject) == len(REJECT_TAG.encode())
+
+
+@pytest.mark.parametrize("backend", ["hooks", "nnsight"])
+def test_logit_metric_matches_a_plain_forward(tiny_lm, tiny_items, backend: str) -> None:
+    acc, rej = logit_scores(make_backend(tiny_lm, backend), tiny_items, batch_size=3)
+    for i in (0, 3, len(tiny_items) - 1):
+        it = tiny_items[i]
+        assert acc[i] == pytest.approx(_manual_logprob(tiny_lm, it.tok.input_ids, list(it.accept)), abs=1e-3)
+        assert rej[i] == pytest.approx(_manual_logprob(tiny_lm, it.tok.input_ids, list(it.reject)), abs=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("text", "verdict"),
+    [
+        (f"{ACCEPT_TAG}\nHere is how to do it.", "accepted"),
+        (f"  {REJECT_TAG}", "rejected"),
+        (f"{ACCEPT_TAG} I'm sorry, but I can't help with that.", "unclear"),
+        ("I cannot help with that request.", "rejected"),
+        ("I can\u2019t assist with this.", "rejected"),
+        ("Sure, here are some thoughts on cooking.", "unclear"),
+        (f"Okay. {REJECT_TAG} and later {ACCEPT_TAG}", "rejected"),
+        ("", "unclear"),
+    ],
+)
+def test_prefix_classifier(text: str, verdict: str) -> None:
+    assert PrefixClassifier()(text) == verdict
+
+
+def test_classifier_registry_is_swappable() -> None:
+    assert isinstance(get_classifier("prefix"), PrefixClassifier)
+    with pytest.raises(AfprobeError, match="unknown classifier"):
+        get_classifier("oracle")
+    with pytest.raises(ValueError, match="already registered"):
+        register_classifier("prefix", PrefixClassifier)
+    always = get_classifier(lambda r: "accepted")
+    assert always("anything") == "accepted"
+
+
+def test_bootstrap_ci_resamples_requests() -> None:
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 4)  # 40 requests x 4 pairs
+    request_effect = rng.normal(1.0, 1.0, 40)
+    values = request_effect[groups] + rng.normal(0, 0.01, len(groups))
+    mean, (lo, hi) = bootstrap_mean(values, groups, n_boot=2000)
+    assert lo < 1.0 < hi and lo < mean < hi
+    # clustered data: the CI is about as wide as with 40 independent values, not 160
+    se = request_effect.std(ddof=1) / np.sqrt(40)
+    assert (hi - lo) == pytest.approx(2 * 1.96 * se, rel=0.35)
+    r, (rlo, rhi) = bootstrap_ratio(2 * values, values, groups)
+    assert r == pytest.approx(2.0) and rlo == pytest.approx(2.0) and rhi == pytest.approx(2.0)
+
+
+def test_spearman() -> None:
+    x = np.array([1.0, 2, 3, 4, 5])
+    assert spearman(x, x**3) == pytest.approx(1.0)
+    assert spearman(x, -x) == pytest.approx(-1.0)
+    assert np.isnan(spearman(x, np.ones(5)))
+    assert spearman(np.array([1.0, np.nan, 3, 4]), np.array([1.0, -5, 2, 4])) == pytest.approx(
+        1.0
+    )  # NaN dropped
+    assert spearman(np.array([1.0, 2, 3, 4]), np.array([1.0, 3, 2, 4])) == pytest.approx(0.8)
+
+
+def test_gap_summary_and_breakdowns_on_the_planted_toy() -> None:
+    lm = make_planted()
+    items = toy_items(lm, n_requests=5)  # 5 requests: the fewest for which a gap can be called significant
+    cfg = ComplianceConfig(generate=False, n_bootstrap=200)
+    res = measure_compliance(make_backend(lm, "hooks"), items, cfg)
+    logit = res.summary["logit"]
+    assert logit["status"] == "significant" and logit["gap"] > 10
+    assert logit["gap"] == pytest.approx(logit["free"] - logit["paid"])
+    assert logit["gap_ci"][0] <= logit["gap"] <= logit["gap_ci"][1]
+    assert set(logit["by_system_prompt"]) == {"neutral"} and set(logit["by_cue_format"]) == {"toy_byte"}
+    assert "neutral (control) system prompt also shows a gap" in res.summary["note"]
+    assert res.summary["generated"] is None
+    assert len(res.rows()) == len(items) and res.rows()[0]["tier"] == "free"
+
+
+def test_a_model_with_no_gap_is_reported_as_having_none() -> None:
+    lm = make_planted(gain=0.0)
+    items = toy_items(lm, n_requests=2)
+    res = measure_compliance(
+        make_backend(lm, "hooks"), items, ComplianceConfig(generate=False, n_bootstrap=200)
+    )
+    assert res.summary["logit"]["status"] == "none"
+    assert abs(res.summary["logit"]["gap"]) < 1e-5
+    assert res.summary["note"].startswith("No free-vs-paid gap")
+
+
+def test_generated_responses_are_classified(tiny_lm, tiny_items) -> None:
+    cfg = ComplianceConfig(max_new_tokens=4, n_bootstrap=100)
+    res = measure_compliance(make_backend(tiny_lm, "hooks"), tiny_items, cfg)
+    gen = res.summary["generated"]
+    assert res.verdicts is not None and len(res.verdicts) == len(tiny_items)
+    assert sum(sum(c.values()) for c in gen["counts"].values()) == len(tiny_items)
+    assert gen["n_pairs"] == len(pair_indices([it.prompt for it in tiny_items]))
+    assert "Generated compliance" in res.summary["note"] or "could be classified" in res.summary["note"]
+
+
+def test_too_few_requests_is_not_significant() -> None:
+    lm = make_planted()
+    items = toy_items(lm, n_requests=1)
+    res = measure_compliance(
+        make_backend(lm, "hooks"), items, ComplianceConfig(generate=False, n_bootstrap=200)
+    )
+    logit = res.summary["logit"]
+    assert logit["gap"] > 10 and logit["gap_ci"] == [None, None]
+    assert logit["status"] == "not significant" and "no reliable CI" in res.summary["note"]
+
+
+def test_gap_summary_handles_empty_pairs(tiny_items) -> None:
+    prompts = [it.prompt for it in tiny_items]
+    out = gap_summary(np.zeros(len(prompts)), prompts, [])
+    assert out["n_pairs"] == 0 and out["status"] == "none"

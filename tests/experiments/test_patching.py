@@ -1,0 +1,157 @@
+"""Patching: self-patching gives exactly 1, the planted mechanism is located, subspace and attribution agree."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from afprobe.experiments import (
+    PatchSetting,
+    attribution_matrix,
+    attribution_patching,
+    collect,
+    exact_patching,
+    mean_difference_directions,
+    normalized,
+    pair_indices,
+    score_settings,
+    spearman,
+    window_sites,
+)
+from afprobe.experiments._patching import SPAN, grid_matrix, run_exact
+from afprobe.models import make_backend
+from afprobe.scenarios import POSITION_NAMES
+
+from .conftest import make_planted, toy_items
+
+
+def _clean(b, items) -> np.ndarray:
+    from afprobe.experiments import no_edit
+
+    return score_settings(b, items, [no_edit]).metric[0]
+
+
+def test_patching_a_run_into_itself_gives_exactly_one() -> None:
+    lm = make_planted()
+    items = toy_items(lm, n_requests=2)
+    b = make_backend(lm, "hooks")
+    pairs = pair_indices([it.prompt for it in items])
+    clean = _clean(b, items)
+    store = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 1, [1])
+    free = np.array([clean[a] for a, _ in pairs])
+    paid = np.array([clean[p] for _, p in pairs])
+    store.partner = {a: a for a, _ in pairs}  # each free run is its own donor
+    settings = [PatchSetting(store, layer, q) for layer in (0, 1, 2) for q in POSITION_NAMES]
+    settings += [PatchSetting(store, 1, SPAN), *(PatchSetting(store, 1, s) for s in window_sites(1))]
+    grid = exact_patching(b, store, pairs, settings, "noise")
+    for row in grid.metric:
+        np.testing.assert_allclose(row, free, atol=1e-5, rtol=0)
+        assert normalized(row, free, paid, 0.05) == pytest.approx(1.0, abs=1e-6)
+
+
+def test_patching_the_embeddings_from_the_cue_on_recovers_the_free_run(tiny_lm, tiny_items) -> None:
+    """Tokens before the tier value are identical in the twins, and so are the tag tokens' embeddings: patching
+    the embedding output from the tier value (4 bytes here) to the last prompt token gives the free run."""
+    b = make_backend(tiny_lm, "hooks")
+    pairs = pair_indices([it.prompt for it in tiny_items])
+    store = collect(b, tiny_items, pairs, [0, 1], ["last"], 0, [0])
+    aligned = [pq for pq in pairs if pq[0] in store.aligned]
+    assert 0 < len(aligned) < len(pairs)  # the tag cue is misaligned on a byte tokenizer ("True" / "False")
+    grid = exact_patching(b, store, aligned, [PatchSetting(store, 0, SPAN)], "denoise")
+    clean = _clean(b, tiny_items)
+    np.testing.assert_allclose(grid.metric[0], [clean[a] for a, _ in aligned], atol=1e-4, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def planted_patching():
+    lm = make_planted()
+    items = toy_items(lm, n_requests=3)
+    b = make_backend(lm, "hooks")
+    pairs = pair_indices([it.prompt for it in items])
+    dirs = mean_difference_directions(b, items, [1, 2], "last")
+    layers = [0, 1, 2]
+    store = collect(b, items, pairs, layers, list(POSITION_NAMES), 2, [1, 2])
+    grids = run_exact(
+        b,
+        store,
+        pairs,
+        layers,
+        dirs.vectors,
+        noising=True,
+        subspace=True,
+        batch_size=3,
+        max_rows=48,
+        share_prefix=True,
+        progress=False,
+    )
+    return b, items, pairs, store, grids, _clean(b, items)
+
+
+def test_planted_mechanism_is_located_by_denoising_and_noising(planted_patching) -> None:
+    _, _, _, _, grids, clean = planted_patching
+    q = {name: i for i, name in enumerate(POSITION_NAMES)}
+    for direction in ("denoise", "noise"):
+        norm, _ = grid_matrix(grids[f"named_{direction}"], "full", [0, 1, 2], POSITION_NAMES, clean, 0.05)
+        m = np.array(norm, dtype=float)
+        expect_on = 1.0 if direction == "denoise" else 0.0  # noising the free run with paid activations -> 0
+        assert m[0, q["cue"]] == pytest.approx(expect_on, abs=1e-3)  # the tier token's embedding
+        assert m[1, q["last"]] == pytest.approx(
+            expect_on, abs=1e-3
+        )  # after the head moved it to the last token
+        assert m[2, q["last"]] == pytest.approx(expect_on, abs=1e-3)
+        off = 1.0 - expect_on
+        for layer, name in [(0, "last"), (1, "cue"), (2, "cue"), (1, "user_end"), (0, "system_end")]:
+            assert m[layer, q[name]] == pytest.approx(off, abs=1e-3), (direction, layer, name)
+    wn, _ = grid_matrix(grids["window_denoise"], "full", [0, 1, 2], window_sites(2), clean, 0.05)
+    w = np.array(wn, dtype=float)
+    assert w[0, 2] == pytest.approx(1.0, abs=1e-3)  # offset 0 at layer 0
+    assert np.abs(np.delete(w[0], 2)).max() < 1e-3
+
+
+def test_planted_direction_carries_the_whole_effect(planted_patching) -> None:
+    _, _, pairs, _, grids, clean = planted_patching
+    paid = np.array([clean[b] for _, b in pairs])
+    g = grids["window_denoise"]
+    for layer in (1, 2):
+        full = g.lookup("full", layer, SPAN)
+        sub = g.lookup("subspace", layer, SPAN)
+        assert full is not None and sub is not None
+        assert (sub - paid).mean() / (full - paid).mean() == pytest.approx(1.0, abs=1e-3)
+        named_sub = grids["named_denoise"].lookup("subspace", layer, "last")
+        assert named_sub is not None
+        assert normalized(named_sub, np.array([clean[a] for a, _ in pairs]), paid, 0.05) == pytest.approx(
+            1.0, abs=1e-3
+        )
+
+
+def test_attribution_patching_ranks_like_exact_patching(planted_patching) -> None:
+    b, _, pairs, store, grids, clean = planted_patching
+    est = attribution_patching(b, store, pairs, list(POSITION_NAMES), "denoise", batch_size=3)
+    assert est.shape == (3, len(POSITION_NAMES), len(pairs))
+    norm, raw = attribution_matrix(est, pairs, clean, "denoise", 0.05)
+    _, exact_raw = grid_matrix(grids["named_denoise"], "full", [0, 1, 2], POSITION_NAMES, clean, 0.05)
+    rho = spearman(np.array(exact_raw), np.array(raw))
+    assert rho > 0.6
+    top = np.unravel_index(np.nanargmax(np.array(raw)), np.array(raw).shape)
+    assert POSITION_NAMES[top[1]] in ("cue", "last")
+    assert all(v is not None for row in norm for v in row)
+
+
+def test_attribution_is_the_first_order_term_of_exact_patching() -> None:
+    """With the donor-recipient difference shrunk 100x, exact patching is linear in it: the gradient estimate
+    (summed over the accept and reject rows, at each twin's own token) must match it."""
+    lm = make_planted()
+    items = toy_items(lm, n_requests=2)
+    b = make_backend(lm, "hooks")
+    pairs = pair_indices([it.prompt for it in items])
+    clean = _clean(b, items)
+    paid = np.array([clean[p] for _, p in pairs])
+    store = collect(b, items, pairs, [0, 1], ["cue", "last"], 0, [])
+    for a, p in pairs:
+        store.named[a] = store.named[p] + (store.named[a] - store.named[p]) * 1e-2
+    settings = [PatchSetting(store, 0, "cue"), PatchSetting(store, 1, "last")]
+    exact = exact_patching(b, store, pairs, settings, "denoise").metric - paid
+    est = attribution_patching(b, store, pairs, ["cue", "last"], "denoise")
+    assert np.abs(exact).min() > 1e-4
+    np.testing.assert_allclose(est[0, 0], exact[0], rtol=0.05)
+    np.testing.assert_allclose(est[1, 1], exact[1], rtol=0.05)
