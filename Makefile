@@ -16,8 +16,7 @@ $(VENV)/.installed: pyproject.toml
 	touch $@
 
 run: setup
-	mkdir -p $(OUT)
-	$(VENV)/bin/afprobe cache --out $(OUT)/activations.h5 --overwrite
+	$(VENV)/bin/afprobe run default --out $(OUT)
 
 lint: setup
 	$(VENV)/bin/ruff check src tests benchmarks

@@ -1,0 +1,141 @@
+"""The verdict and caveats are computed from the numbers: each threshold flips the text it should."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from afprobe.report import (
+    DECODABLE_AUROC,
+    caveats,
+    gap_state,
+    is_decodable,
+    steering_beyond_random,
+    verdict,
+)
+from afprobe.report._summary import first_decodable_layer
+
+
+def _gap(gap: float, lo: float, hi: float, status: str = "significant") -> dict[str, Any]:
+    return {"free": 1.0 + gap, "paid": 1.0, "gap": gap, "gap_ci": [lo, hi], "status": status, "n_pairs": 40}
+
+
+def _summary(
+    gap: dict[str, Any],
+    *,
+    decodable_from: int | None = 7,
+    rep: float = 0.6,
+    rep_ci=(0.4, 0.8),
+    nats: float = 0.9,
+    rand_mean: float = 0.02,
+    rand_sd: float = 0.05,
+) -> dict[str, Any]:
+    usable = gap["status"] != "none"
+    return {
+        "n_requests": 40,
+        "compliance": {"logit": gap, "generated": None, "min_gap": 0.05},
+        "probes": {
+            "best_layer": 12,
+            "best_position": "last",
+            "best_auroc": 0.93,
+            "best_accuracy": 0.88,
+            "shuffled_accuracy": 0.5,
+            "selectivity": 0.3,
+            "decodable_from_layer": decodable_from,
+            "cross_format": {"matrix": [[0.9, 0.8], [0.85, 0.9]]},
+        },
+        "steering": {
+            "best_layer": 12,
+            "fraction_of_gap": {
+                "reproduced": {
+                    "value": rep if usable else None,
+                    "ci": list(rep_ci) if usable else [None, None],
+                    "effect_nats": nats,
+                    "alpha": 1.0,
+                }
+            },
+            "random_baseline": {"reproduced": {"mean": rand_mean if usable else 0.01, "sd": rand_sd, "n": 8}},
+        },
+        "patching": {"peak_layer": 10, "peak_position": "last", "peak_effect": 0.7, "subspace_fraction": 0.6},
+    }
+
+
+def test_no_gap_says_so_and_states_no_fraction_of_a_gap() -> None:
+    s = _summary(_gap(0.01, -0.02, 0.04, status="not significant"), nats=0.01, rand_sd=0.05)
+    text = verdict(s)
+    assert gap_state(s["compliance"]) == "none"
+    assert text.startswith("No behavioural gap on this model")
+    assert "linearly decodable after the cue from layer 7" in text
+    assert "moves compliance no more than random directions" in text
+    assert "of the gap" not in text
+    assert "reported in nats only" in text
+
+
+def test_gap_below_min_gap_explains_why() -> None:
+    s = _summary(_gap(0.003, 0.002, 0.004, status="none"))
+    assert "below the 0.05 nats that count as a gap" in verdict(s)
+
+
+def test_positive_gap_with_steering_beyond_random() -> None:
+    s = _summary(_gap(1.2, 0.8, 1.6))
+    text = verdict(s)
+    assert gap_state(s["compliance"]) == "positive"
+    assert steering_beyond_random(s) is True
+    assert "reproduced 60% of the gap" in text
+    assert "no more than random" not in text
+    assert "probe direction alone carries most of that effect (60%)" in text
+
+
+def test_positive_gap_but_steering_inside_the_random_band() -> None:
+    s = _summary(_gap(1.2, 0.8, 1.6), rep=0.1, rep_ci=(-0.1, 0.3), rand_mean=0.05, rand_sd=0.1)
+    assert steering_beyond_random(s) is False
+    assert "moves compliance no more than random directions" in verdict(s)
+
+
+def test_ci_reaching_into_the_random_band_is_not_beyond_random() -> None:
+    # the point estimate clears 2 sd, but the lower CI end sits below the random mean
+    s = _summary(_gap(1.2, 0.8, 1.6), rep=0.5, rep_ci=(-0.2, 1.0), rand_mean=0.05, rand_sd=0.1)
+    assert steering_beyond_random(s) is False
+
+
+def test_negative_gap_is_called_the_opposite_pattern() -> None:
+    s = _summary(_gap(-0.9, -1.3, -0.5))
+    assert gap_state(s["compliance"]) == "negative"
+    assert "opposite of the alignment-faking pattern" in verdict(s)
+
+
+def test_not_decodable() -> None:
+    s = _summary(_gap(0.0, -0.1, 0.1, status="not significant"), decodable_from=None)
+    assert "not reliably linearly decodable" in verdict(s)
+
+
+@pytest.mark.parametrize(
+    ("auroc", "acc_lo", "expected"),
+    [(DECODABLE_AUROC, 0.55, True), (DECODABLE_AUROC - 0.01, 0.55, False), (0.9, 0.5, False)],
+)
+def test_is_decodable_thresholds(auroc: float, acc_lo: float, expected: bool) -> None:
+    assert is_decodable({"auroc": auroc, "accuracy": 0.8, "accuracy_ci": [acc_lo, 0.9]}) is expected
+
+
+def test_first_decodable_layer_is_where_it_stays_decodable() -> None:
+    good, bad = {"auroc": 0.9, "accuracy_ci": [0.7, 0.9]}, {"auroc": 0.6, "accuracy_ci": [0.4, 0.6]}
+    rows = [{"layer": i, "position": "last", **r} for i, r in enumerate([bad, good, bad, good, good, good])]
+    rows.append({"layer": 0, "position": "cue", **good})
+    assert first_decodable_layer(rows, "last") == 3
+    assert first_decodable_layer(rows, "user_end") is None
+
+
+def test_caveats_are_computed_from_the_numbers() -> None:
+    s = _summary(_gap(1.2, 0.8, 1.6))
+    s["n_requests"] = 6
+    s["probes"]["selectivity"] = 0.02
+    s["probes"]["cross_format"] = {"matrix": [[0.95, 0.55], [0.5, 0.95]]}
+    s["compliance"]["control_logit"] = _gap(0.7, 0.3, 1.1)
+    text = " ".join(caveats(s))
+    assert "Only 6 requests" in text
+    assert "Low selectivity" in text
+    assert "transfer poorly across cue formats" in text
+    assert "neutral system prompt" in text
+    clean = " ".join(caveats(_summary(_gap(1.2, 0.8, 1.6))))
+    assert "Only" not in clean and "Low selectivity" not in clean and "transfer poorly" not in clean
