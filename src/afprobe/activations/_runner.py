@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -15,6 +16,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
 from afprobe.config import StrictModel
 from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend
@@ -27,6 +29,8 @@ from afprobe.scenarios import (
     template_hash,
     tokenize_prompts,
 )
+
+STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class CacheConfig(StrictModel):
@@ -90,6 +94,7 @@ class CacheRunner:
         self.lm = lm
         self.overwrite = overwrite
         self.progress = progress
+        self.forward_batch_size: int | None = None  # the forward sub-batch size the last run ended with
 
     def run(self) -> Path:
         cfg = self.cfg
@@ -127,38 +132,64 @@ class CacheRunner:
     def _fill(
         self, writer: ActivationWriter, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]
     ) -> None:
+        """Forward every batch not yet in ``writer`` and write it, in row order.
+
+        The configured batch (``cache.batch_size`` rows) is the unit of work: it is written whole, and a resume
+        restarts at a batch boundary. The forward pass runs it as sub-batches sized from free device memory
+        (halved on out-of-memory, keeping the rows already done), each padded to the width of the whole batch,
+        so every row sees the same shapes however the batch was split. On CPU the stored arrays are then
+        bit-identical for any split (tested); on CUDA a different row count can pick another matmul kernel, so
+        after an out-of-memory back-off the last bits may differ from an uninterrupted run.
+
+        Device-to-host copies and HDF5 writes run behind the next forward pass (see ``_gpu``).
+        """
         backend = make_backend(lm)
         bs = self.cfg.cache.batch_size
         positions = self.cfg.cache.positions
-        store_dtype = np.dtype(self.cfg.cache.dtype)
+        store = STORE_DTYPES[self.cfg.cache.dtype]
         pad_id = int(lm.tokenizer.pad_token_id)
+        todo = toks[writer.n_done :]
+        if not todo:
+            return
+        width = max(len(t.input_ids) for t in todo)
+        sub = SubBatcher(rows_that_fit(lm.model, width, bs), on_shrink=self._note_shrink)
+        on_cuda = any(d.type == "cuda" for d in model_devices(lm.model))
+        pipe = OverlappedWriter(
+            _HDF5Sink(writer, self.cfg.cache.dtype),
+            (len(layers), min(bs, len(todo)), len(positions), lm.d_model),
+            store,
+            pin=on_cuda,
+        )
         columns = [
             TextColumn("caching {task.description}"),
             BarColumn(),
             MofNCompleteColumn(),
             TimeRemainingColumn(),
         ]
-        with Progress(*columns, disable=not self.progress) as bar:
+        with Progress(*columns, disable=not self.progress) as bar, pipe:
             task = bar.add_task(f"{lm.name} ({len(layers)} layers)", total=len(toks), completed=writer.n_done)
             for start in range(writer.n_done, len(toks), bs):
                 batch = toks[start : start + bs]
                 ids, mask = pad_batch(batch, pad_id)
                 pos = torch.tensor([[t.positions[p] for p in positions] for t in batch], dtype=torch.long)
-                with torch.inference_mode():
-                    out = backend.run(ids, mask, read_layers=layers, read_positions=pos, logits=False)
-                resid = torch.stack([out.resid[layer] for layer in layers], dim=1).float().cpu().numpy()
-                if store_dtype == np.float16 and np.abs(resid).max() > np.finfo(np.float16).max:
-                    raise AfprobeError(
-                        "residual stream values exceed the float16 range; use --set cache.dtype=float32"
-                    )
-                writer.write_batch(
-                    start,
-                    resid.astype(store_dtype),
-                    ids.numpy(),
-                    mask.sum(1).numpy(),
-                    pos.numpy(),
-                )
+                pos_dev = pos.to(lm.device)  # once per batch, not once per layer read
+                host = pipe.buffer()
+
+                def step(a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host) -> None:
+                    with torch.inference_mode():
+                        out = backend.run(
+                            ids[a:b], mask[a:b], read_layers=layers, read_positions=pos_dev[a:b], logits=False
+                        )
+                        for j, layer in enumerate(layers):
+                            pipe.copy_into(host[j, a:b], out.resid[layer])
+
+                sub.run(len(batch), step)
+                pipe.submit(len(batch), (start, ids.numpy(), mask.sum(1).numpy(), pos.numpy()))
                 bar.advance(task, len(batch))
+        self.forward_batch_size = sub.size
+
+    def _note_shrink(self, size: int) -> None:
+        warnings.warn(f"out of memory: forward sub-batches shrink to {size} prompts", stacklevel=2)
 
     def run_key(self, lm: LoadedModel, toks: list[TokenizedPrompt]) -> str:
         """Hash of everything that determines the file's content: model, config and the exact token ids."""
@@ -196,6 +227,22 @@ class CacheRunner:
                 "pad_token_id": int(lm.tokenizer.pad_token_id),
             }.items()
         }
+
+
+class _HDF5Sink:
+    """The writer thread's end: refuse values float16 cannot hold, then ``write_batch`` the rows."""
+
+    def __init__(self, writer: ActivationWriter, dtype: str):
+        self.writer = writer
+        self.check_range = dtype == "float16"
+
+    def __call__(self, resid: np.ndarray, payload: tuple) -> None:
+        start, ids, lengths, pos = payload
+        if self.check_range and np.isinf(resid).any():
+            raise AfprobeError(
+                "residual stream values exceed the float16 range; use --set cache.dtype=float32"
+            )
+        self.writer.write_batch(start, resid, ids, lengths, pos)
 
 
 def _meta_columns(toks: list[TokenizedPrompt]) -> dict[str, list]:

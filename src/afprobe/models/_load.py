@@ -83,6 +83,10 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
 def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
     """Load ``cfg.name``: an alias (see ``afprobe models``), a local GGUF file, a local directory or a hub id."""
     cfg = (cfg or ModelConfig()).model_copy(update=overrides)
+    if cfg.remote:  # forward passes run on NDIF: build the model on the meta device only
+        from afprobe.models._remote import load_remote_model
+
+        return load_remote_model(cfg)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.dtype, device)
     where, gguf_file, source = _resolve_source(cfg.name)

@@ -1,0 +1,191 @@
+"""Every benchmark in one run, one table of ratios: ``python -m benchmarks`` (or ``afprobe bench``).
+
+    python -m benchmarks [--only cache,probes,steering,patching,gpu] [--rounds N] [--out benchmarks]
+
+Runs each area's ``benchmarks/bench_<area>.py`` ``main()`` (imported lazily; an area whose module is missing or
+fails is noted and skipped), then prints one table and writes ``results-<device>.json`` and ``RESULTS.md``
+(one section per device, so CPU and GPU results sit side by side) under ``--out``.
+
+What a ``main(...) -> dict`` may return for the table: ``times_s`` {method: median seconds}, measured side by
+side, its first method the reference every other is divided by; any number whose key contains ``ratio``,
+``speedup``, ``fraction`` or ``throughput`` (shown as is); ``target`` / ``verdict`` / ``note`` (shown beside).
+``main`` is called with the options it accepts among ``rounds`` and ``quick``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import platform
+import re
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import torch
+
+AREAS = ("cache", "probes", "steering", "patching", "gpu")
+NUMBER_KEYS = re.compile(r"ratio|speedup|fraction|throughput")
+
+
+@dataclass
+class Row:
+    area: str
+    measure: str
+    value: float | None
+    unit: str  # "x" (ratio to the area's reference), "s", or "" (a figure reported as is)
+    note: str = ""
+
+
+def device_name() -> str:
+    """The GPU's name, or the CPU's with the thread count torch uses."""
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:60]
+
+
+def run_area(area: str, options: dict[str, Any]) -> tuple[dict[str, Any] | None, str]:
+    """(result, note): the area's ``main`` result, or ``None`` and why not."""
+    try:
+        module = importlib.import_module(f"benchmarks.bench_{area}")
+    except ModuleNotFoundError as e:
+        if e.name == f"benchmarks.bench_{area}":
+            return None, f"skipped: benchmarks/bench_{area}.py is missing"
+        return None, f"skipped: bench_{area} needs {e.name}, which is not installed"
+    main = getattr(module, "main", None)
+    if not callable(main):
+        return None, f"skipped: bench_{area} has no main()"
+    accepted = inspect.signature(main).parameters
+    kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
+    try:
+        result = main(**kwargs)
+    except Exception as e:  # one failing area must not lose the others
+        traceback.print_exc()
+        return None, f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    if not isinstance(result, dict):
+        return None, f"bench_{area}.main() returned {type(result).__name__}, not a dict"
+    return result, str(result.get("skipped", "")) and f"skipped: {result['skipped']}"
+
+
+def rows_for(area: str, result: dict[str, Any]) -> list[Row]:
+    rows: list[Row] = []
+    times = result.get("times_s")
+    if isinstance(times, dict) and times:
+        names = list(times)
+        ref = float(times[names[0]])
+        for name in names:
+            t = float(times[name])
+            note = "reference" if name == names[0] else ""
+            rows.append(Row(area, name, t / ref if ref > 0 else None, "x", note))
+    note = " ".join(f"{k}={result[k]}" for k in ("target", "verdict", "note") if k in result)
+    for key, value in result.items():
+        if key == "times_s" or not NUMBER_KEYS.search(key):
+            continue
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            rows.append(Row(area, key, float(value), "", note))
+        elif isinstance(value, dict):
+            rows.extend(
+                Row(area, f"{key}: {k}", float(v), "", note)
+                for k, v in value.items()
+                if isinstance(v, int | float) and not isinstance(v, bool)
+            )
+    return rows
+
+
+def format_table(rows: list[Row]) -> str:
+    lines = [
+        f"| {'area':9s} | {'measure':68s} | {'value':>9s} | note",
+        f"|{'-' * 11}|{'-' * 70}|{'-' * 11}|-----",
+    ]
+    for r in rows:
+        value = "-" if r.value is None else f"{r.value:8.3f}{r.unit}" if r.unit == "x" else f"{r.value:9.4g}"
+        lines.append(f"| {r.area:9s} | {r.measure[:68]:68s} | {value:>9s} | {r.note}")
+    return "\n".join(lines)
+
+
+def update_results_md(path: Path, device: str, body: str) -> None:
+    """Replace this device's section of ``RESULTS.md`` (other devices' sections are kept)."""
+    header = "# Benchmark results\n\nWritten by `python -m benchmarks`; one section per device. Ratios are side by side in one run.\n"
+    sections: dict[str, str] = {}
+    if path.exists():
+        for part in re.split(r"(?m)^## ", path.read_text())[1:]:
+            name, _, rest = part.partition("\n")
+            sections[name.strip()] = rest.strip("\n")
+    sections[device] = body.strip("\n")
+    text = header + "".join(f"\n## {name}\n\n{content}\n" for name, content in sections.items())
+    path.write_text(text)
+
+
+def run_all(
+    only: list[str] | None = None, rounds: int | None = None, quick: bool = False, out: Path | None = None
+) -> dict[str, Any]:
+    out = out or Path(__file__).resolve().parent
+    device = device_name()
+    options = {"rounds": rounds, "quick": quick or None}
+    results: dict[str, Any] = {}
+    rows: list[Row] = []
+    t0 = time.perf_counter()
+    for area in only or list(AREAS):
+        print(f"\n=== {area} ===", flush=True)
+        result, note = run_area(area, options)
+        results[area] = {"result": result, "note": note}
+        if result is not None and not note:
+            rows.extend(rows_for(area, result))
+        else:
+            rows.append(Row(area, note, None, ""))
+    table = format_table(rows)
+    print(f"\n=== all benchmarks on {device} ===\n{table}")
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    record = {
+        "device": device,
+        "created": stamp,
+        "torch": torch.__version__,
+        "seconds": time.perf_counter() - t0,
+        "rows": [asdict(r) for r in rows],
+        "results": results,
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    json_path = out / f"results-{slug(device)}.json"
+    json_path.write_text(json.dumps(record, indent=2, default=str))
+    body = f"Run {stamp}, torch {torch.__version__}; raw numbers in `{json_path.name}`.\n\n{table}\n"
+    update_results_md(out / "RESULTS.md", device, body)
+    print(f"\nwrote {json_path} and {out / 'RESULTS.md'}")
+    return record
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    ap.add_argument("--only", help=f"comma-separated areas (default all: {','.join(AREAS)})")
+    ap.add_argument("--rounds", type=int, help="timed rounds per method (each area's default otherwise)")
+    ap.add_argument("--quick", action="store_true", help="smaller settings where an area offers them")
+    ap.add_argument(
+        "--out", type=Path, help="where results-<device>.json and RESULTS.md go (default benchmarks/)"
+    )
+    args = ap.parse_args(argv)
+    only = [a.strip() for a in args.only.split(",")] if args.only else None
+    unknown = sorted(set(only or []) - set(AREAS))
+    if unknown:
+        ap.error(f"unknown area(s) {', '.join(unknown)} (known: {', '.join(AREAS)})")
+    run_all(only, args.rounds, args.quick, args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
