@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 
 def time_side_by_side(
-    methods: dict[str, Callable[[], object]], rounds: int = 3, warmup: int = 1
+    methods: Mapping[str, Callable[[], object]], rounds: int = 3, warmup: int = 1
 ) -> dict[str, float]:
     """Median seconds per call of each method, measured in interleaved rounds after ``warmup`` untimed rounds."""
     for _ in range(warmup):

@@ -33,7 +33,6 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
     data = [pad_batch(toks[i : i + bs], pad) for i in range(0, len(toks), bs)]
     mean_len = sum(len(t.input_ids) for t in toks) / len(toks)
     layers = list(range(lm.n_layers + 1))
-    cfg = CacheRunConfig(model=ModelConfig(backend=backend), cache=CacheConfig(batch_size=bs))
     tmp = Path(tempfile.mkdtemp())
 
     def bare() -> None:
@@ -48,8 +47,9 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
 
     counter = {"n": 0}
 
-    def afprobe_cache() -> None:  # the real runner loop: forward, gather, float conversion, HDF5 write, flush
+    def afprobe_cache(name: str) -> None:  # the runner's loop: forward, gather, float conversion, HDF5 write
         counter["n"] += 1
+        cfg = CacheRunConfig(model=ModelConfig(backend=name), cache=CacheConfig(batch_size=bs))  # type: ignore[arg-type]
         runner = CacheRunner(cfg, tmp / f"c{counter['n']}.h5", lm=lm, progress=False)
         writer = ActivationWriter(
             runner.out,
@@ -81,7 +81,7 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
 
     tl_lm = copy.copy(lm)
     tl_lm.model = copy.deepcopy(lm.model)  # TransformerLens switches its module to eager attention
-    tl = make_backend(tl_lm, "transformer_lens").bridge
+    tl = make_backend(tl_lm, "transformer_lens").bridge  # type: ignore[attr-defined]
 
     def tl_run_with_cache() -> None:
         with torch.inference_mode():
@@ -91,11 +91,15 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
     methods = {
         "bare forward (model(...), logits)": bare,
         "bare forward, trunk only (model.model(...), no logits)": bare_trunk,
-        f"afprobe cache ({backend} backend, all {len(layers)} layers x 4 positions, HDF5)": afprobe_cache,
+        f"afprobe cache ({backend} backend, all {len(layers)} layers x 4 positions, HDF5)": lambda: (
+            afprobe_cache(backend)
+        ),
         "HF output_hidden_states=True": hidden_states,
         "nnsight saving every layer (full sequence)": nnsight_every_layer,
         "TransformerLens run_with_cache": tl_run_with_cache,
     }
+    other = "hooks" if backend != "hooks" else "nnsight"
+    methods[f"afprobe cache ({other} backend)"] = lambda: afprobe_cache(other)
     times = time_side_by_side(methods, rounds=rounds)
     print(
         f"embedded model on CPU ({torch.get_num_threads()} threads), {len(data)} batches x {bs} prompts, "
@@ -114,6 +118,7 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
         "times_s": times,
         "cache_ratio": ratio,
         "cache_ratio_vs_trunk": strict,
+        f"cache_ratio_{other}_backend": times[names[-1]] / times[names[0]],
         "target": TARGET,
         "batches": len(data),
         "batch_size": bs,

@@ -73,16 +73,19 @@ def generate(
     tokenizer = backend.lm.tokenizer
     stops = stop_token_ids(tokenizer)
     gen = torch.Generator().manual_seed(seed)
-    results: list[list[int]] = []
+    results: list[list[int]] = [[] for _ in toks]
+    # batches of similar length: every row walks from the batch's shortest prompt, one token per step
+    order = sorted(range(len(toks)), key=lambda i: (len(toks[i].input_ids), i))
     with progress_bar(progress) as bar, torch.inference_mode():
         task = bar.add_task("generating", total=len(toks))
         for b0 in range(0, len(toks), batch_size):
-            batch = list(toks[b0 : b0 + batch_size])
-            results.extend(
-                _generate_batch(
-                    backend, batch, max_new_tokens, sample, temperature, gen, edits, use_cache, stops
-                )
+            chosen = order[b0 : b0 + batch_size]
+            batch = [toks[i] for i in chosen]
+            new = _generate_batch(
+                backend, batch, max_new_tokens, sample, temperature, gen, edits, use_cache, stops
             )
+            for i, ids in zip(chosen, new, strict=True):
+                results[i] = ids
             bar.advance(task, len(batch))
     return results
 
