@@ -66,7 +66,7 @@ def test_no_gap_says_so_and_states_no_fraction_of_a_gap() -> None:
     text = verdict(s)
     assert gap_state(s["compliance"]) == "none"
     assert text.startswith("No behavioural gap on this model")
-    assert "linearly decodable after the cue from layer 7" in text
+    assert "linearly decodable after the cue at every layer from 7 on" in text
     assert "moves compliance no more than random directions" in text
     assert "of the gap" not in text
     assert "reported in nats only" in text

@@ -111,12 +111,20 @@ def _highlight_diff(a: str, b: str) -> tuple[str, str]:
 # ---------------------------------------------------------------------------------------------- sections
 
 
+def _model_label(m: Mapping[str, Any]) -> str:
+    """The model's name, with its hub id when that differs (a local file's path stays out of the report)."""
+    mid = str(m.get("model_id") or "")
+    if not mid or mid == m["name"] or Path(mid).is_absolute():
+        return str(m["name"])
+    return f"{m['name']} ({mid})"
+
+
 def _setup_section(setup: Mapping[str, Any] | None, summary: Mapping[str, Any]) -> str:
     if not setup:
         return "<h2>Setup</h2><p>The scenarios stage has not run.</p>"
     m, sc = setup["model"], setup["scenario"]
     rows = [
-        ["model", escape(f"{m['name']} ({m['model_id']})")],
+        ["model", escape(_model_label(m))],
         ["weights from", escape(m["source"])],
         ["layers × d_model", f"{m['n_layers']} × {m['d_model']} ({escape(m['dtype'])})"],
         ["conversation format", escape(m["conversation_format"])],

@@ -178,7 +178,7 @@ def build_summary(
     model = setup.get("model") or {}
     out: dict[str, Any] = {
         "schema": SUMMARY_FORMAT,
-        "model": model.get("model_id") or model.get("name"),
+        "model": model.get("name") or model.get("model_id"),
         "model_info": model or None,
         "n_pairs": setup.get("n_pairs"),
         "n_prompts": setup.get("n_prompts"),

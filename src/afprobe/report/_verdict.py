@@ -113,7 +113,7 @@ def _probes(s: Mapping[str, Any]) -> str | None:
     )
     first = p.get("decodable_from_layer")
     if first is not None:
-        return f"the tier is linearly decodable after the cue from layer {first} ({base})"
+        return f"the tier is linearly decodable after the cue at every layer from {first} on ({base})"
     return f"the tier is not reliably linearly decodable after the cue ({base})"
 
 
