@@ -11,12 +11,12 @@ import pytest
 import torch
 
 from afprobe import AfprobeError
+from afprobe.experiments import stop_token_ids
 from afprobe.experiments._batch_generate import (
     generate_batched,
     generate_batched_ids,
     left_pad,
     sampled_compliance,
-    stop_ids,
 )
 from afprobe.models import ModelConfig, load_model, make_tiny_tokenizer, wrap_model
 from afprobe.scenarios import ScenarioConfig, build_scenario, tokenize_prompts
@@ -65,7 +65,7 @@ def test_batched_greedy_equals_one_at_a_time(model, rows, request) -> None:
 
 def test_greedy_equals_hugging_face_generate(tiny_lm, rows) -> None:
     got = generate_batched_ids(tiny_lm, rows[:2], 10, batch_size=2, engine="hf")
-    stops = stop_ids(tiny_lm.tokenizer)
+    stops = stop_token_ids(tiny_lm.tokenizer)
     for r, g in zip(rows[:2], got, strict=True):
         ref = tiny_lm.model.generate(
             torch.tensor([r]), max_new_tokens=10, do_sample=False, eos_token_id=sorted(stops), pad_token_id=0
@@ -158,7 +158,7 @@ def test_vllm_gets_token_ids_greedy_params_and_the_adapter(
     lm = load_model(
         ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32", adapter=str(tiny_adapter))
     )
-    stops = sorted(stop_ids(lm.tokenizer))
+    stops = sorted(stop_token_ids(lm.tokenizer))
     fake_vllm.reply = lambda i, ids: [100 + i, 101, stops[0]]
     got = generate_batched_ids(lm, rows[:3], 7, engine="vllm")
     assert got == [[100, 101], [101, 101], [102, 101]]

@@ -26,11 +26,11 @@ from jaxtyping import Float, Int
 from torch import Tensor, nn
 
 from afprobe._errors import AfprobeError
+from afprobe.experiments._generate import stop_token_ids
 from afprobe.models import Edit, LoadedModel, apply_edit, decoder_layers
 from afprobe.scenarios import TokenizedPrompt
 
 Engine = Literal["auto", "hf", "vllm"]
-END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
 
 
 class ResidualEdit(Protocol):
@@ -42,14 +42,6 @@ class ResidualEdit(Protocol):
     op: Any
     vector: Tensor
     start: Any
-
-
-def stop_ids(tokenizer: Any) -> set[int]:
-    """End-of-sequence and end-of-turn token ids."""
-    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
-    vocab = tokenizer.get_vocab()
-    ids |= {int(vocab[t]) for t in END_OF_TURN if t in vocab}
-    return ids
 
 
 def generate_batched(
@@ -111,7 +103,7 @@ def generate_batched_ids(
         return ndif_generate(lm, token_lists, max_new_tokens, do_sample, temperature, batch_size)
     if _use_vllm(lm, engine, edits):
         return vllm_generate(lm, token_lists, max_new_tokens, do_sample, temperature, seed, vllm_kwargs or {})
-    stops = stop_ids(lm.tokenizer)
+    stops = stop_token_ids(lm.tokenizer)
     order = _by_length(token_lists)
     out: list[list[int]] = [[] for _ in token_lists]
     with torch.inference_mode():
@@ -309,7 +301,7 @@ def ndif_generate(
     random state: reproducible per prompt only when greedy."""
     from afprobe.models._remote import remote_generate
 
-    stops = stop_ids(lm.tokenizer)
+    stops = stop_token_ids(lm.tokenizer)
     pad = int(lm.tokenizer.pad_token_id)
     order = _by_length(token_lists)
     out: list[list[int]] = [[] for _ in token_lists]
@@ -380,7 +372,7 @@ def vllm_generate(
             kwargs.setdefault("revision", lm.config.revision)
         _ENGINES[key] = LLM(**kwargs)
     llm = _ENGINES[key]
-    stops = sorted(stop_ids(lm.tokenizer))
+    stops = sorted(stop_token_ids(lm.tokenizer))
     params = [
         SamplingParams(
             max_tokens=max_new,

@@ -30,13 +30,14 @@ class GenerationEdit:
     start: PositionMode = "all"
 
 
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|eom_id|>", "<end_of_turn>", "<|end|>")
+
+
 def stop_token_ids(tokenizer: Any) -> set[int]:
-    """End-of-sequence and end-of-turn tokens."""
-    ids = {tokenizer.eos_token_id} if tokenizer.eos_token_id is not None else set()
-    for tok in ("<|im_end|>", "<|eot_id|>", "<end_of_turn>", "<|end|>"):
-        tid = tokenizer.convert_tokens_to_ids(tok)
-        if isinstance(tid, int) and tid != tokenizer.unk_token_id and tid >= 0:
-            ids.add(tid)
+    """End-of-sequence and end-of-turn token ids."""
+    ids = {int(tokenizer.eos_token_id)} if tokenizer.eos_token_id is not None else set()
+    vocab = tokenizer.get_vocab()
+    ids |= {int(vocab[t]) for t in END_OF_TURN if t in vocab}
     return ids
 
 
