@@ -381,27 +381,23 @@ class NNsightBackend(Backend):
         self._base_path = _module_path(base, blocks)
 
     def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
+        # plain PyTorch hooks, outside the trace: nnsight sees the gathered unembedding input, and the fanned-out
+        # rows (placed before nnsight's own hooks, so its edits see the copies)
+        handles = []
         logit_positions = cache.pop("logit_positions", None)
         if logit_positions is not None:
-            # a plain pre-hook, outside the trace: nnsight sees the gathered input
-            handle = _gather_before_unembedding(self.lm.model, logit_positions)
-            try:
-                args = (input_ids, attention_mask, read_layers, read_positions, edits, logits)
-                return self._run(*args, **cache)
-            finally:
-                handle.remove()
+            handles.append(_gather_before_unembedding(self.lm.model, logit_positions))
         fan_out = cache.pop("fan_out", None)
-        if fan_out is not None:  # plain hooks, placed before nnsight's own: its edits see the copies
-            rows = int(input_ids.shape[0])
-            handles = _fan_out_hooks(
-                decoder_layers(self.lm.model), fan_out[0], fan_out[1], rows, prepend=True
-            )
-            try:
-                args = (input_ids, attention_mask, read_layers, read_positions, edits, logits)
-                return self._run(*args, **cache)
-            finally:
-                for hd in handles:
-                    hd.remove()
+        if fan_out is not None:
+            blocks = decoder_layers(self.lm.model)
+            handles += _fan_out_hooks(blocks, fan_out[0], fan_out[1], int(input_ids.shape[0]), prepend=True)
+        try:
+            return self._trace(input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache)
+        finally:
+            for hd in handles:
+                hd.remove()
+
+    def _trace(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
         nm = self._full if logits else self._base
         blocks = _envoy_at(nm, self._full_path if logits else self._base_path)
         layers = sorted(set(read_layers) | {e.layer for e in edits})
