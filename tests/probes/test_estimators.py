@@ -106,6 +106,55 @@ def test_batched_fit_equals_one_at_a_time() -> None:
         np.testing.assert_allclose(mm.coef_[k], one.coef_[0], rtol=1e-6)
 
 
+def test_kernels_are_built_in_chunks_without_changing_them(monkeypatch) -> None:
+    """The dual path never holds the standardized ``Z`` in full; chunk by chunk it gives the same kernels (with
+    per-problem weights) and the same probes as one chunk."""
+    from afprobe.probes import _batched
+
+    g = torch.Generator().manual_seed(0)
+    X = torch.randn(7, 30, 50, generator=g, dtype=torch.float64) * torch.rand(50, generator=g, dtype=torch.float64) + 2
+    w = torch.rand(7, 30, generator=g, dtype=torch.float64)
+    w[3, :8] = 0.0
+    y = (torch.arange(30) % 2).to(torch.float64)
+    Z, mean, sd = _batched.standardize_batched(X, w)
+    monkeypatch.setattr(_batched, "_CPU_CHUNK", 2 * 30 * 50)  # 2 problems per chunk: 4 chunks, the last one short
+    K, mean_k, sd_k = _batched.kernel_batched(X, w)
+    torch.testing.assert_close(K, Z @ Z.transpose(1, 2))
+    torch.testing.assert_close((mean_k, sd_k), (mean, sd))
+    chunked = fit_logistic_batched(X, y, w, tol=1e-12)
+    monkeypatch.setattr(_batched, "_CPU_CHUNK", 1 << 30)
+    whole = fit_logistic_batched(X, y, w, tol=1e-12)
+    torch.testing.assert_close(chunked.coef, whole.coef)
+
+
+def test_newton_stops_at_the_precision_of_float32() -> None:
+    """A tolerance float32 cannot resolve does not run to ``max_iter``: a problem leaves the batch once its line
+    search lowers the objective by no more than rounding noise, and the answer is the float64 one."""
+    X, y, _ = planted(64, 200, strength=0.3, noise=1.0)
+    X32 = torch.as_tensor(X, dtype=torch.float32)[None].expand(3, -1, -1)
+    y32 = torch.as_tensor(y, dtype=torch.float32)
+    fit32 = fit_logistic_batched(X32, y32, tol=1e-14, max_iter=50)
+    fit64 = fit_logistic_batched(torch.as_tensor(X)[None], torch.as_tensor(y, dtype=torch.float64), tol=1e-14)
+    assert fit32.n_iter < 20
+    cos = torch.nn.functional.cosine_similarity(fit32.coef.double(), fit64.coef, dim=1)
+    assert bool((cos > 0.9999).all())
+
+
+def test_newton_solves_by_lu_when_cholesky_fails(monkeypatch) -> None:
+    """If rounding makes the symmetric Newton system numerically indefinite, the step is solved by LU instead,
+    with the same result."""
+    X, y, _ = planted(40, 90, strength=0.5, noise=1.0)
+    Xt, yt = torch.as_tensor(X)[None], torch.as_tensor(y, dtype=torch.float64)
+    ref = fit_logistic_batched(Xt, yt, tol=1e-12)
+    real = torch.linalg.cholesky_ex
+    monkeypatch.setattr(
+        torch.linalg, "cholesky_ex", lambda M: (real(M)[0], torch.ones(M.shape[0], dtype=torch.int32))
+    )
+    got = fit_logistic_batched(Xt, yt, tol=1e-12)
+    torch.testing.assert_close(got.coef, ref.coef)
+    torch.testing.assert_close(got.intercept, ref.intercept)
+
+
 def test_batched_single_class_problem_predicts_that_class() -> None:
     X = torch.randn(3, 20, 8, dtype=torch.float64)
     y = torch.zeros(3, 20, dtype=torch.float64)

@@ -1,11 +1,17 @@
 """Batched probe fitting in torch: one call fits many independent problems (layers, positions, folds) at once.
 
 ``fit_logistic_batched`` solves L2-regularized logistic regression exactly (scikit-learn's objective, so the same
-``C`` gives the same model) with damped Newton steps. A Newton step costs ``min(n, d)^3`` per problem: when there
-are fewer prompts than features it works in the span of the prompts (the representer theorem: the optimal weight
-vector is a combination of the training rows), so only ``n x n`` kernels are factorized; otherwise in feature
-space. Rows with ``sample_weight`` 0 take no part in the fit, so cross-validation folds of different sizes batch
-together as masks over the same rows.
+``C`` gives the same model) with Newton steps and a line search. A Newton step costs ``min(n, d)^3`` per problem:
+when there are fewer prompts than features it works in the span of the prompts (the representer theorem: the
+optimal weight vector is a combination of the training rows), so only ``n x n`` kernels are factorized (Cholesky
+of a symmetric positive definite system); otherwise in feature space. Rows with ``sample_weight`` 0 take no part in
+the fit, so cross-validation folds of different sizes batch together as masks over the same rows.
+
+Where the time goes, and why it is laid out this way: the kernels ``K = Z Z^T`` of the standardized features are
+built a few problems at a time from the raw ``X``, so the standardized copy of ``X`` never exists in full (on a CPU
+each chunk stays in cache, and no large temporary is allocated); the line search also tries steps up to 4 times the
+Newton step, which saves about a quarter of the factorizations on nearly separable probes (measured on the
+embedded model's caches), where Newton's quadratic model underestimates how far the optimum lies.
 """
 
 from __future__ import annotations
@@ -16,8 +22,10 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-_STEPS = 2.0 ** -torch.arange(10, dtype=torch.float64)  # line-search candidates 1, 1/2, ..., 1/512
+_STEPS = 2.0 ** -torch.arange(-2, 10, dtype=torch.float64)  # line-search candidates 4, 2, 1, 1/2, ..., 1/512
 _ARMIJO = 1e-4
+_CPU_CHUNK = 1 << 19  # elements of X per kernel chunk on a CPU (2 MiB of float32: stays in cache)
+_DEVICE_CHUNK = 1 << 28
 
 
 @dataclass
@@ -49,6 +57,22 @@ def standardize_batched(
     sd = torch.where(sd > 1e-6 * mean.abs().clamp_min(1.0), sd, torch.ones_like(sd))
     Z.mul_(sd.reciprocal()[:, None, :])
     return Z, mean, sd
+
+
+def kernel_batched(
+    X: Float[Tensor, "batch n d"], w: Float[Tensor, "batch n"], standardize: bool = True
+) -> tuple[Float[Tensor, "batch n n"], Float[Tensor, "batch d"], Float[Tensor, "batch d"]]:
+    """``(K, mean, sd)`` with ``K = Z Z^T`` for the ``Z`` of :func:`standardize_batched`, built a chunk of problems
+    at a time so that ``Z`` is never held in full."""
+    b, n, d = X.shape
+    chunk = max(1, (_CPU_CHUNK if X.device.type == "cpu" else _DEVICE_CHUNK) // (n * d))
+    K = X.new_empty(b, n, n)
+    mean, sd = X.new_empty(b, d), X.new_empty(b, d)
+    for i in range(0, b, chunk):
+        sl = slice(i, i + chunk)
+        Z, mean[sl], sd[sl] = standardize_batched(X[sl], w[sl], standardize)
+        torch.bmm(Z, Z.transpose(1, 2), out=K[sl])
+    return K, mean, sd
 
 
 def _prepare(X: Tensor, y: Tensor, sample_weight: Tensor | None) -> tuple[Tensor, Tensor, Tensor, Tensor]:
@@ -92,11 +116,16 @@ def fit_logistic_batched(
     """
     y, w, single, prior = _prepare(X, y, sample_weight)
     y = torch.where(single[:, None], torch.full_like(y, 0.5), y)  # soft labels: optimum coef 0, intercept 0
-    Z, mean, sd = standardize_batched(X, w, standardize)
-    n, d = Z.shape[1:]
-    solve = _newton_dual if n <= d else _newton_primal
-    w_std, intercept, n_iter = solve(Z, y, w, C, max_iter, tol)
-    coef = w_std / sd
+    n, d = X.shape[1:]
+    if n <= d:
+        K, mean, sd = kernel_batched(X, w, standardize)
+        alpha, intercept, n_iter = _newton_dual(K, y, w, C, max_iter, tol)
+        # coef = Z^T alpha / sd, with Z = (X - mean) / sd, read from X itself
+        coef = (torch.einsum("bnd,bn->bd", X, alpha) - mean * alpha.sum(1, keepdim=True)) / sd.square()
+    else:
+        Z, mean, sd = standardize_batched(X, w, standardize)
+        w_std, intercept, n_iter = _newton_primal(Z, y, w, C, max_iter, tol)
+        coef = w_std / sd
     intercept = intercept - (coef * mean).sum(1)
     coef = torch.where(single[:, None], torch.zeros_like(coef), coef)
     intercept = torch.where(single, prior.to(intercept.dtype), intercept)
@@ -125,9 +154,11 @@ def _loss_terms(f: Tensor, y: Tensor, w: Tensor, C: float) -> Tensor:
 
 def _line_search(
     f: Tensor, df: Tensor, y: Tensor, w: Tensor, C: float, pen: tuple[Tensor, Tensor, Tensor], dec: Tensor
-) -> Tensor:
-    """Largest step ``t`` in 1, 1/2, ... meeting the Armijo condition, per problem; the penalty along the step is
-    the quadratic ``pen[0] + t pen[1] + t^2 pen[2]``."""
+) -> tuple[Tensor, Tensor]:
+    """``(t, progress)`` per problem: the step ``t`` in 4, 2, 1, 1/2, ..., 1/512 with the lowest objective among those
+    meeting the Armijo condition (0 where none does), and whether it lowers the objective by more than rounding
+    noise (where it does not, the problem is at its optimum to the precision of the dtype). The penalty along the
+    step is the quadratic ``pen[0] + t pen[1] + t^2 pen[2]``."""
     t = _STEPS.to(f.device, f.dtype)[:, None]  # [T, 1]
     obj = (
         _loss_terms(f[None] + t[..., None] * df[None], y[None], w[None], C)
@@ -137,24 +168,25 @@ def _line_search(
     )
     obj0 = _loss_terms(f, y, w, C) + pen[0]
     slack = 10 * torch.finfo(f.dtype).eps * obj0.abs()
-    ok = obj <= obj0 - _ARMIJO * t * dec + slack  # [T, batch]
-    first = torch.where(
-        ok.any(0), ok.to(torch.int64).argmax(0), torch.full_like(dec, len(t) - 1, dtype=torch.long)
-    )
-    return t[first, 0]
+    obj = torch.where(obj <= obj0 - _ARMIJO * t * dec + slack, obj, torch.full_like(obj, torch.inf))  # [T, batch]
+    best, i = obj.min(0)
+    return torch.where(best.isfinite(), t[i, 0], torch.zeros_like(dec)), obj0 - best > slack
 
 
 def _newton_dual(
-    Z: Tensor, y: Tensor, w: Tensor, C: float, max_iter: int, tol: float
+    K: Tensor, y: Tensor, w: Tensor, C: float, max_iter: int, tol: float
 ) -> tuple[Tensor, Tensor, int]:
-    """Newton in the span of the rows: ``coef = Z^T alpha``, ``f = K alpha + b`` with ``K = Z Z^T``.
+    """Newton in the span of the rows: ``coef = Z^T alpha`` and ``f = K alpha + b`` for the kernels ``K = Z Z^T``.
 
-    Problems leave the batch once converged, so later iterations factorize only the slow ones.
+    The Newton system ``[[DK + I, D1], [1^T DK, 1^T D1]] [d_alpha; d_b] = -[g + alpha; 1^T g]`` (``D`` the
+    curvatures, ``g`` the loss gradients) is solved through the Schur complement of its ``n x n`` block, and that
+    block through ``(I + DK)^-1 = I - S M^-1 S K`` with ``S = D^(1/2)`` and ``M = I + S K S``, which is symmetric
+    positive definite (eigenvalues at least 1), so one Cholesky factorization per step. Problems leave the batch once
+    converged, so later iterations factorize only the slow ones.
     """
-    b, n, _ = Z.shape
-    K = Z @ Z.transpose(1, 2)
-    alpha, k_alpha, icpt = Z.new_zeros(b, n), Z.new_zeros(b, n), Z.new_zeros(b)
-    active = torch.arange(b, device=Z.device)
+    b, n, _ = K.shape
+    alpha, k_alpha, icpt = K.new_zeros(b, n), K.new_zeros(b, n), K.new_zeros(b)
+    active = torch.arange(b, device=K.device)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
         Ka, ya, wa, al, ka, ic = _take(active, b, K, y, w, alpha, k_alpha, icpt)
@@ -162,28 +194,38 @@ def _newton_dual(
         p = torch.sigmoid(f)
         g = C * wa * (p - ya)
         D = C * wa * p * (1 - p)
-        # Newton system [[DK + I, D], [1^T DK, sum D]] [d_a; d_b] = -[r_a; r_b], solved through the Schur
-        # complement of its n x n block so that only DK + I is factorized.
-        A = D[:, :, None] * Ka  # DK, then DK + I in place
-        row = A.sum(1)
-        A.diagonal(dim1=1, dim2=2).add_(1.0)
+        S = D.sqrt()
         r_a, r_b = g + al, g.sum(1)
-        LU, piv, _ = torch.linalg.lu_factor_ex(A)
-        sol = torch.linalg.lu_solve(LU, piv, torch.stack([-r_a, D], -1))
-        x1, x2 = sol[..., 0], sol[..., 1]
+        V = torch.stack([-r_a, D], -1)  # solve (I + DK) x = v for both columns
+        KV = torch.bmm(Ka, V)
+        M = Ka * S[:, :, None]
+        M.mul_(S[:, None, :]).diagonal(dim1=1, dim2=2).add_(1.0)
+        L, info = torch.linalg.cholesky_ex(M)
+        rhs = S[..., None] * KV
+        if bool((info != 0).any()):  # rounding broke definiteness (huge unstandardized kernels): solve by LU
+            sol = V - S[..., None] * torch.linalg.solve(M, rhs)
+        else:
+            sol = V - S[..., None] * torch.cholesky_solve(rhs, L)
+        x1, x2, row = sol[..., 0], sol[..., 1], KV[..., 1]  # row = K D 1
         d_b = (-r_b - (row * x1).sum(1)) / (D.sum(1) + 1e-10 - (row * x2).sum(1))
         d_a = x1 - x2 * d_b[:, None]
-        k_da = torch.einsum("bij,bj->bi", Ka, d_a)
+        k_da = torch.bmm(Ka, d_a[..., None])[..., 0]
         dec = -((r_a * k_da).sum(1) + r_b * d_b)
         pen = (0.5 * (al * ka).sum(1), (al * k_da).sum(1), 0.5 * (d_a * k_da).sum(1))
-        t = _line_search(f, k_da + d_b[:, None], ya, wa, C, pen, dec)
+        t, progress = _line_search(f, k_da + d_b[:, None], ya, wa, C, pen, dec)
         alpha[active] = al + t[:, None] * d_a
         k_alpha[active] = ka + t[:, None] * k_da
         icpt[active] = ic + t * d_b
-        active = active[dec / 2 > tol * (_loss_terms(f, ya, wa, C) + pen[0]).abs().clamp_min(1.0)]
+        active = active[progress & _not_done(dec, f, ya, wa, C, pen[0], tol)]
         if active.numel() == 0:
             break
-    return torch.einsum("bnd,bn->bd", Z, alpha), icpt, it
+    return alpha, icpt, it
+
+
+def _not_done(dec: Tensor, f: Tensor, y: Tensor, w: Tensor, C: float, pen: Tensor, tol: float) -> Tensor:
+    """Problems whose Newton decrement (half of it estimates the distance to the optimal objective) is above
+    ``tol`` relative to the objective."""
+    return dec / 2 > tol * (_loss_terms(f, y, w, C) + pen).abs().clamp_min(1.0)
 
 
 def _newton_primal(
@@ -214,10 +256,10 @@ def _newton_primal(
         d_c, d_b = step[:, :d], step[:, d]
         dec = -(grad * step).sum(1)
         pen = (0.5 * co.square().sum(1), (co * d_c).sum(1), 0.5 * d_c.square().sum(1))
-        t = _line_search(f, torch.einsum("bnd,bd->bn", Zs, step), ya, wa, C, pen, dec)
+        t, progress = _line_search(f, torch.einsum("bnd,bd->bn", Zs, step), ya, wa, C, pen, dec)
         coef[active] = co + t[:, None] * d_c
         icpt[active] = ic + t * d_b
-        active = active[dec / 2 > tol * (_loss_terms(f, ya, wa, C) + pen[0]).abs().clamp_min(1.0)]
+        active = active[progress & _not_done(dec, f, ya, wa, C, pen[0], tol)]
         if active.numel() == 0:
             break
     return coef, icpt, it
