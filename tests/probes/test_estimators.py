@@ -112,12 +112,14 @@ def test_kernels_are_built_in_chunks_without_changing_them(monkeypatch) -> None:
     from afprobe.probes import _batched
 
     g = torch.Generator().manual_seed(0)
-    X = torch.randn(7, 30, 50, generator=g, dtype=torch.float64) * torch.rand(50, generator=g, dtype=torch.float64) + 2
+    scale = torch.rand(50, generator=g, dtype=torch.float64)
+    X = torch.randn(7, 30, 50, generator=g, dtype=torch.float64) * scale + 2
     w = torch.rand(7, 30, generator=g, dtype=torch.float64)
     w[3, :8] = 0.0
     y = (torch.arange(30) % 2).to(torch.float64)
     Z, mean, sd = _batched.standardize_batched(X, w)
-    monkeypatch.setattr(_batched, "_CPU_CHUNK", 2 * 30 * 50)  # 2 problems per chunk: 4 chunks, the last one short
+    # 2 problems per chunk: 4 chunks, the last one short
+    monkeypatch.setattr(_batched, "_CPU_CHUNK", 2 * 30 * 50)
     K, mean_k, sd_k = _batched.kernel_batched(X, w)
     torch.testing.assert_close(K, Z @ Z.transpose(1, 2))
     torch.testing.assert_close((mean_k, sd_k), (mean, sd))

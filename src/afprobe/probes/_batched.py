@@ -168,7 +168,8 @@ def _line_search(
     )
     obj0 = _loss_terms(f, y, w, C) + pen[0]
     slack = 10 * torch.finfo(f.dtype).eps * obj0.abs()
-    obj = torch.where(obj <= obj0 - _ARMIJO * t * dec + slack, obj, torch.full_like(obj, torch.inf))  # [T, batch]
+    armijo = obj <= obj0 - _ARMIJO * t * dec + slack  # [T, batch]
+    obj = torch.where(armijo, obj, torch.full_like(obj, torch.inf))
     best, i = obj.min(0)
     return torch.where(best.isfinite(), t[i, 0], torch.zeros_like(dec)), obj0 - best > slack
 
