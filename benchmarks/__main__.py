@@ -4,7 +4,8 @@
 
 Runs each area's ``benchmarks/bench_<area>.py`` ``main()`` (imported lazily; an area whose module is missing or
 fails is noted and skipped), then prints one table and writes ``results-<device>.json`` and ``RESULTS.md``
-(one section per device, so CPU and GPU results sit side by side) under ``--out``.
+(one section per device, so CPU and GPU results sit side by side) under ``--out``. With ``--only``, the areas
+recorded earlier for the same device are kept, each dated by the run that measured it.
 
 What a ``main(...) -> dict`` may return for the table: ``times_s`` {method: median seconds}, measured side by
 side, its first method the reference every other is divided by; any number whose key contains ``ratio``,
@@ -133,26 +134,48 @@ def update_results_md(path: Path, device: str, body: str) -> None:
     path.write_text(text)
 
 
+def previous_results(json_path: Path, device: str) -> dict[str, Any]:
+    """The areas recorded for this device by an earlier run, each with the time it was measured."""
+    try:
+        record = json.loads(json_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if record.get("device") != device:
+        return {}
+    return {
+        area: {**entry, "created": entry.get("created", record.get("created"))}
+        for area, entry in record.get("results", {}).items()
+        if area in AREAS and isinstance(entry, dict)
+    }
+
+
 def run_all(
     only: list[str] | None = None, rounds: int | None = None, quick: bool = False, out: Path | None = None
 ) -> dict[str, Any]:
+    """Run the areas (all, or ``only``) and write the device's JSON and RESULTS.md section. With ``only``, the
+    other areas recorded for this device are kept, each row group dated by its own run."""
     out = out or Path(__file__).resolve().parent
     device = device_name()
+    json_path = out / f"results-{slug(device)}.json"
     options = {"rounds": rounds, "quick": quick or None}
-    results: dict[str, Any] = {}
-    rows: list[Row] = []
+    results: dict[str, Any] = previous_results(json_path, device) if only else {}
     t0 = time.perf_counter()
+    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
     for area in only or list(AREAS):
         print(f"\n=== {area} ===", flush=True)
         result, note = run_area(area, options)
-        results[area] = {"result": result, "note": note}
-        if result is not None and not note:
-            rows.extend(rows_for(area, result))
+        results[area] = {"result": result, "note": note, "created": stamp}
+    order = [a for a in AREAS if a in results] + [a for a in results if a not in AREAS]
+    results = {a: results[a] for a in order}
+    rows: list[Row] = []
+    for area, entry in results.items():
+        if entry["result"] is not None and not entry["note"]:
+            rows.extend(rows_for(area, entry["result"]))
         else:
-            rows.append(Row(area, note, None, ""))
+            rows.append(Row(area, entry["note"], None, ""))
     table = format_table(rows)
     print(f"\n=== all benchmarks on {device} ===\n{table}")
-    stamp = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    stamps = {area: entry["created"] for area, entry in results.items()}
     record = {
         "device": device,
         "created": stamp,
@@ -162,9 +185,14 @@ def run_all(
         "results": results,
     }
     out.mkdir(parents=True, exist_ok=True)
-    json_path = out / f"results-{slug(device)}.json"
     json_path.write_text(json.dumps(record, indent=2, default=str))
-    body = f"Run {stamp}, torch {torch.__version__}; raw numbers in `{json_path.name}`.\n\n{table}\n"
+    when = (
+        f"Run {stamp}"
+        if len(set(stamps.values())) == 1
+        else "Areas from separate runs (each measured side by side within itself): "
+        + ", ".join(f"{area} {t}" for area, t in stamps.items())
+    )
+    body = f"{when}, torch {torch.__version__}; raw numbers in `{json_path.name}`.\n\n{table}\n"
     update_results_md(out / "RESULTS.md", device, body)
     print(f"\nwrote {json_path} and {out / 'RESULTS.md'}")
     return record

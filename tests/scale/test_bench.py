@@ -50,6 +50,29 @@ def test_one_table_json_and_results_md(bench, fake_area, tmp_path: Path) -> None
     assert (tmp_path / "RESULTS.md").read_text().count(f"## {bench.device_name()}") == 1
 
 
+def test_only_keeps_the_other_areas_of_this_device(bench, fake_area, monkeypatch, tmp_path: Path) -> None:
+    """``--only probes`` after a run of ``cache`` updates the probes rows and keeps the cache rows, each dated by
+    its own run; a full run starts afresh."""
+    bench.run_all(["cache"], out=tmp_path)
+    probes = types.ModuleType("benchmarks.bench_probes")
+    probes.main = lambda: {"times_s": {"sklearn": 1.0, "torch": 0.1}, "speedup": 10.0}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_probes", probes)
+    json_path = next(tmp_path.glob("results-*.json"))
+    record = json.loads(json_path.read_text())
+    record["results"]["cache"]["created"] = "2026-01-01T00:00:00+00:00"  # as if measured in an earlier run
+    json_path.write_text(json.dumps(record))
+    merged = bench.run_all(["probes"], out=tmp_path)
+    assert list(merged["results"]) == ["cache", "probes"]
+    measures = {(r["area"], r["measure"]) for r in merged["rows"]}
+    assert ("cache", "afprobe") in measures and ("probes", "speedup") in measures
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "Areas from separate runs" in md and "cache 2026-01-01T00:00:00+00:00" in md and "| probes" in md
+    monkeypatch.setattr(bench, "AREAS", ("probes",))
+    fresh = bench.run_all(None, out=tmp_path)
+    assert list(fresh["results"]) == ["probes"]
+    assert "Areas from separate runs" not in (tmp_path / "RESULTS.md").read_text()
+
+
 def test_a_failing_area_does_not_lose_the_others(bench, fake_area, monkeypatch, tmp_path: Path) -> None:
     broken = types.ModuleType("benchmarks.bench_probes")
     broken.main = lambda: 1 / 0  # type: ignore[attr-defined]
