@@ -201,12 +201,7 @@ def _newton_dual(
         KV = torch.bmm(Ka, V)
         M = Ka * S[:, :, None]
         M.mul_(S[:, None, :]).diagonal(dim1=1, dim2=2).add_(1.0)
-        L, info = torch.linalg.cholesky_ex(M)
-        rhs = S[..., None] * KV
-        if bool((info != 0).any()):  # rounding broke definiteness (huge unstandardized kernels): solve by LU
-            sol = V - S[..., None] * torch.linalg.solve(M, rhs)
-        else:
-            sol = V - S[..., None] * torch.cholesky_solve(rhs, L)
+        sol = V - S[..., None] * _spd_solve(M, S[..., None] * KV)
         x1, x2, row = sol[..., 0], sol[..., 1], KV[..., 1]  # row = K D 1
         d_b = (-r_b - (row * x1).sum(1)) / (D.sum(1) + 1e-10 - (row * x2).sum(1))
         d_a = x1 - x2 * d_b[:, None]
@@ -249,11 +244,7 @@ def _newton_primal(
         grad = torch.einsum("bnd,bn->bd", Zs, g)
         grad[:, :d] += co
         H = Zs.transpose(1, 2) @ (D[:, :, None] * Zs) + torch.diag(reg)
-        L, info = torch.linalg.cholesky_ex(H)
-        if bool((info != 0).any()):
-            step = torch.linalg.solve(H, -grad)
-        else:
-            step = torch.cholesky_solve(-grad[..., None], L)[..., 0]
+        step = _spd_solve(H, -grad[..., None])[..., 0]
         d_c, d_b = step[:, :d], step[:, d]
         dec = -(grad * step).sum(1)
         pen = (0.5 * co.square().sum(1), (co * d_c).sum(1), 0.5 * d_c.square().sum(1))
@@ -264,6 +255,15 @@ def _newton_primal(
         if active.numel() == 0:
             break
     return coef, icpt, it
+
+
+def _spd_solve(A: Tensor, rhs: Tensor) -> Tensor:
+    """Solve the symmetric positive definite systems ``A x = rhs`` by Cholesky; by LU if rounding broke
+    definiteness in any of them (huge unstandardized kernels)."""
+    L, info = torch.linalg.cholesky_ex(A)
+    if bool((info != 0).any()):
+        return torch.linalg.solve(A, rhs)
+    return torch.cholesky_solve(rhs, L)
 
 
 def _take(active: Tensor, b: int, *tensors: Tensor) -> list[Tensor]:
