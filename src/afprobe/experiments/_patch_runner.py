@@ -114,7 +114,7 @@ def run_patching(
             continue
         norm, raw = grid_matrix(g, "full", layers, pc.positions, clean, min_gap)
         result[direction] = {"normalized": norm, "raw": raw}
-        csv_rows += _csv(g, "full", direction, layers, pc.positions, norm, raw, len(pairs))
+        csv_rows += _csv("full", direction, layers, pc.positions, norm, raw, len(pairs))
         pair_csv += pair_rows(g, clean, s.items)
         w = grids.get(f"window_{direction}")
         if w is not None:
@@ -123,7 +123,7 @@ def run_patching(
                 "normalized": wn,
                 "raw": wr,
             }
-            csv_rows += _csv(w, "full", direction, layers, wsites, wn, wr, len(aligned_pairs))
+            csv_rows += _csv("full", direction, layers, wsites, wn, wr, len(aligned_pairs))
             pair_csv += pair_rows(w, clean, s.items)
     result.update(_peak(result, layers, pc.positions))
     result.update(_subspace(grids, span_layers, pc.positions, clean, pc.min_gap, dirs, result))
@@ -144,8 +144,9 @@ def run_patching(
 
 
 def _csv(
-    g: PatchGrid, kind: str, direction: str, layers: list[int], sites: list[str], norm: Any, raw: Any, n: int
+    kind: str, direction: str, layers: list[int], sites: list[str], norm: Any, raw: Any, n: int
 ) -> list[dict[str, Any]]:
+    """``patching.csv`` rows: one per layer x site of a ``[layer][site]`` matrix."""
     return [
         {
             "kind": kind,
@@ -265,19 +266,7 @@ def _attribution(
         q = len(pc.positions)
         norm, raw = attribution_matrix(est[:, :q], pairs, clean, direction, min_gap)
         out[direction] = {"normalized": norm, "raw": raw}
-        csv_rows += [
-            {
-                "kind": "attribution",
-                "direction": direction,
-                "layer": layer,
-                "site": site,
-                "normalized": norm[li][si],
-                "raw_nats": raw[li][si],
-                "n_pairs": len(pairs),
-            }
-            for li, layer in enumerate(layers)
-            for si, site in enumerate(pc.positions)
-        ]
+        csv_rows += _csv("attribution", direction, layers, pc.positions, norm, raw, len(pairs))
         g = grids[f"named_{direction}"]
         _, exact_raw = grid_matrix(g, "full", layers, pc.positions, clean, min_gap)
         out["spearman"][f"named_{direction}"] = finite_or_none(spearman(np.array(exact_raw), np.array(raw)))
@@ -288,19 +277,7 @@ def _attribution(
             out[f"window_{direction}"] = {"normalized": wn, "raw": wr}
             _, wexact = grid_matrix(w, "full", layers, wsites, clean, min_gap)
             out["spearman"][f"window_{direction}"] = finite_or_none(spearman(np.array(wexact), np.array(wr)))
-            csv_rows += [
-                {
-                    "kind": "attribution",
-                    "direction": direction,
-                    "layer": layer,
-                    "site": site,
-                    "normalized": wn[li][si],
-                    "raw_nats": wr[li][si],
-                    "n_pairs": len(aligned_pairs),
-                }
-                for li, layer in enumerate(layers)
-                for si, site in enumerate(wsites)
-            ]
+            csv_rows += _csv("attribution", direction, layers, wsites, wn, wr, len(aligned_pairs))
     return out
 
 
