@@ -7,15 +7,7 @@ from typing import Any
 
 import numpy as np
 
-
-def _group_weights(groups: Sequence[Any], n_boot: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Group index of each item and an ``[n_boot, n_groups]`` matrix of resampling counts."""
-    labels, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    rng = np.random.default_rng(seed)
-    draws = rng.integers(0, len(labels), size=(n_boot, len(labels)))
-    weights = np.zeros((n_boot, len(labels)))
-    np.add.at(weights, (np.arange(n_boot)[:, None], draws), 1.0)
-    return inverse, weights
+from afprobe.probes._metrics import request_resample_counts
 
 
 def _group_sums(values: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.ndarray:
@@ -41,7 +33,7 @@ def bootstrap_ratio(
         return float("nan"), (float("nan"), float("nan"))
     if len({str(g) for g in groups}) < 2:  # one request: nothing to resample
         return value, (float("nan"), float("nan"))
-    inverse, w = _group_weights(groups, n_boot, seed)
+    inverse, w = request_resample_counts(groups, n_boot, seed)
     g = w.shape[1]
     with np.errstate(divide="ignore", invalid="ignore"):
         boots = (w @ _group_sums(num, inverse, g)) / (w @ _group_sums(den, inverse, g))

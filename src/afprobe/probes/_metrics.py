@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import numpy as np
 
 from afprobe._errors import AfprobeError
@@ -113,16 +116,24 @@ def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
 
 
+def request_resample_counts(
+    groups: Sequence[Any] | np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, counts)``: each item's request index (requests sorted by their ids as text) and an
+    ``[n, n_requests]`` matrix of how often each request is drawn in ``n`` seeded resamples with replacement."""
+    labels, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
+    counts = np.zeros((n, len(labels)))
+    np.add.at(counts, (np.arange(n)[:, None], draws), 1.0)
+    return inverse, counts
+
+
 class RequestBootstrap:
     """Resample requests with replacement ``n`` times (seeded); the same resamples serve every curve, so
     intervals at different layers are paired."""
 
     def __init__(self, groups: np.ndarray, n: int, seed: int, ci: float = 0.95):
-        uniq, inverse = np.unique(groups, return_inverse=True)
-        rng = np.random.default_rng(seed)
-        draws = rng.integers(0, len(uniq), size=(n, len(uniq)))
-        counts = np.zeros((n, len(uniq)))
-        np.add.at(counts, (np.repeat(np.arange(n), len(uniq)), draws.ravel()), 1.0)
+        inverse, counts = request_resample_counts(groups, n, seed)
         self.weights = counts[:, inverse]  # [n, prompt]: how often each prompt's request was drawn
         self.q = (100 * (1 - ci) / 2, 100 * (1 + ci) / 2)
 
