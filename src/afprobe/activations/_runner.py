@@ -12,10 +12,10 @@ from typing import Literal
 
 import numpy as np
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
 from afprobe.config import StrictModel
@@ -160,13 +160,7 @@ class CacheRunner:
             store,
             pin=on_cuda,
         )
-        columns = [
-            TextColumn("caching {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, disable=not self.progress) as bar, pipe:
+        with progress_bar(self.progress, "caching ") as bar, pipe:
             task = bar.add_task(f"{lm.name} ({len(layers)} layers)", total=len(toks), completed=writer.n_done)
             for start in range(writer.n_done, len(toks), bs):
                 batch = toks[start : start + bs]

@@ -12,8 +12,9 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from afprobe._progress import progress_bar
 from afprobe.experiments._patching import SPAN, Direction, PatchStore
-from afprobe.experiments._scoring import continuation_logprobs, make_row_batch, progress_bar
+from afprobe.experiments._scoring import continuation_logprobs, make_row_batch
 from afprobe.models import Backend, Edit
 
 
@@ -34,7 +35,7 @@ def attribution_patching(
     est = np.full((len(layers), len(sites), len(pairs)), np.nan)
     pad_id = int(backend.lm.tokenizer.pad_token_id)
     d = backend.lm.d_model
-    with progress_bar(progress) as bar:
+    with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"attribution ({direction})", total=len(recipients))
         for b0 in range(0, len(recipients), batch_size):
             chosen = recipients[b0 : b0 + batch_size]

@@ -14,7 +14,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
-from afprobe.experiments._scoring import PositionMode, progress_bar
+from afprobe._progress import progress_bar
+from afprobe.experiments._scoring import PositionMode
 from afprobe.models import Backend, Edit
 from afprobe.scenarios import TokenizedPrompt
 
@@ -77,7 +78,7 @@ def generate(
     results: list[list[int]] = [[] for _ in toks]
     # batches of similar length: every row walks from the batch's shortest prompt, one token per step
     order = sorted(range(len(toks)), key=lambda i: (len(toks[i].input_ids), i))
-    with progress_bar(progress) as bar, torch.inference_mode():
+    with progress_bar(progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task("generating", total=len(toks))
         for b0 in range(0, len(toks), batch_size):
             chosen = order[b0 : b0 + batch_size]

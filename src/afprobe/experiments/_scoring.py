@@ -12,17 +12,17 @@ from __future__ import annotations
 
 import copy
 from collections import Counter
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from jaxtyping import Bool, Float, Int
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.progress import Progress
 from torch import Tensor
 
+from afprobe._progress import progress_bar
 from afprobe.models import Backend, Edit
 from afprobe.models._backends import fan_out_start
 from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, Prompt, TokenizedPrompt
@@ -272,13 +272,6 @@ def continuation_logprobs(
     return (lp * mask.to(lp.device)).sum(-1)
 
 
-@contextmanager
-def progress_bar(enabled: bool) -> Iterator[Progress]:
-    columns = [TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeRemainingColumn()]
-    with Progress(*columns, disable=not enabled, transient=True) as bar:
-        yield bar
-
-
 def score_settings(
     backend: Backend,
     items: Sequence[ScoredPrompt],
@@ -304,7 +297,7 @@ def score_settings(
     # batches of similar length: less padding, and a shared prefix that is nearly each row's own
     order = sorted(range(len(idx)), key=lambda c: (items[idx[c]].length, c))
     starts = list(range(0, len(idx), batch_size))
-    with progress_bar(progress) as bar, torch.inference_mode():
+    with progress_bar(progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task(description, total=len(starts) * n_set)
         for b0 in starts:
             cols = order[b0 : b0 + batch_size]

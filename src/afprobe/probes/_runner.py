@@ -11,10 +11,10 @@ from typing import Any
 import numpy as np
 import sklearn
 import torch
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._progress import progress_bar
 from afprobe.activations import ActivationReader
 from afprobe.probes._config import ProbeConfig
 from afprobe.probes._directions import (
@@ -75,13 +75,7 @@ class ProbeRunner:
     ) -> dict[str, list[LayerFit]]:
         cfg = self.cfg
         fits: dict[str, list[LayerFit]] = {p: [] for p in cfg.probes}
-        columns = [
-            TextColumn("probing {task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeRemainingColumn(),
-        ]
-        with Progress(*columns, disable=not self.progress) as bar:
+        with progress_bar(self.progress, "probing ") as bar:
             task = bar.add_task(
                 f"{len(plan.layers)} layers x {len(plan.positions)} positions", total=len(plan.layers)
             )
