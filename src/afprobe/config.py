@@ -24,6 +24,13 @@ class StrictModel(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, protected_namespaces=())
 
 
+def check_device(v: str) -> str:
+    """The device names a config accepts: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps`` (a field validator)."""
+    if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
+        raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
+    return v
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a one-line :class:`AfprobeError`."""
     p = Path(path)

@@ -13,7 +13,7 @@ from pydantic import field_validator
 from torch import nn
 
 from afprobe._errors import AfprobeError
-from afprobe.config import StrictModel
+from afprobe.config import StrictModel, check_device
 from afprobe.models._embedded import ensure_embedded
 from afprobe.models._registry import EMBEDDED_DEFAULT, MODEL_ALIASES
 
@@ -33,12 +33,7 @@ class ModelConfig(StrictModel):
     adapter: str | None = None
     remote: bool = False
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+    _check_device = field_validator("device")(check_device)
 
 
 @dataclass

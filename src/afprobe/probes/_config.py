@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from afprobe.config import StrictModel
+from afprobe.config import StrictModel, check_device
 
 ProbeType = Literal["torch_logistic", "mass_mean", "logistic"]
 PROBE_TYPES: tuple[str, ...] = ("torch_logistic", "mass_mean", "logistic")
@@ -56,12 +56,7 @@ class ProbeConfig(StrictModel):
             raise ValueError(f"probe types repeat: {v}")
         return v
 
-    @field_validator("device")
-    @classmethod
-    def _check_device(cls, v: str) -> str:
-        if v not in ("auto", "cpu", "mps") and not v.startswith("cuda"):
-            raise ValueError("device must be auto, cpu, cuda, cuda:N or mps")
-        return v
+    _check_device = field_validator("device")(check_device)
 
     @model_validator(mode="after")
     def _check_headline(self) -> ProbeConfig:
