@@ -1,4 +1,5 @@
-"""Shared fixtures: seeding, a tiny random model with an offline tokenizer, and the embedded model (once)."""
+"""Shared fixtures: seeding, a tiny random model with an offline tokenizer, the small settings of a whole tiny run,
+and the embedded model (once)."""
 
 from __future__ import annotations
 
@@ -46,6 +47,40 @@ def tiny_model_dir(tmp_path: Path) -> Path:
     make_tiny_model(n_layers=3, d_model=64).save_pretrained(d)
     make_tiny_tokenizer().save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny 2-layer model saved once per session as a local HF directory, for whole runs through the CLI."""
+    d = tmp_path_factory.mktemp("tiny-model")
+    make_tiny_model(n_layers=2, d_model=32, n_heads=2).save_pretrained(d)
+    make_tiny_tokenizer().save_pretrained(d)
+    return d
+
+
+@pytest.fixture(scope="session")
+def tiny_run_sets() -> list[str]:
+    """``--set`` overrides that make ``afprobe run default`` take seconds on a CPU: 4 requests x 1 system prompt x
+    2 cue formats = 8 pairs, two folds, short generations, one steering setting, two patched layers."""
+    return [
+        "scenario.limit=4",
+        "scenario.system_prompts=[neutral]",
+        "scenario.cue_formats=[tag, header]",
+        "causal_scenario.limit=2",
+        "causal_scenario.cue_formats=[tag]",
+        "cache.batch_size=16",
+        "probes.folds=2",
+        "probes.bootstrap=20",
+        "compliance.max_new_tokens=2",
+        "compliance.n_bootstrap=100",
+        "compliance.batch_size=16",
+        "steering.n_auto_layers=1",
+        "steering.alphas=[1.0]",
+        "steering.ablate=false",
+        "patching.layers=[0, 2]",
+        "patching.window=1",
+        "patching.attribution=false",
+    ]
 
 
 @pytest.fixture(scope="session")

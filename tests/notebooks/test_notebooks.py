@@ -12,33 +12,11 @@ import pytest
 nbclient = pytest.importorskip("nbclient")
 
 NOTEBOOKS = Path(__file__).resolve().parents[2] / "notebooks"
-SMALL = [
-    "scenario.limit=4",
-    "scenario.system_prompts=[neutral]",
-    "scenario.cue_formats=[tag, header]",
-    "causal_scenario.limit=2",
-    "causal_scenario.cue_formats=[tag]",
-    "probes.folds=2",
-    "probes.bootstrap=20",
-    "compliance.max_new_tokens=2",
-    "compliance.n_bootstrap=100",
-    "steering.n_auto_layers=1",
-    "steering.alphas=[1.0]",
-    "steering.ablate=false",
-    "patching.layers=[0, 2]",
-    "patching.window=1",
-    "patching.attribution=false",
-]
 
 
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from afprobe.models import make_tiny_model, make_tiny_tokenizer
-
-    d = tmp_path_factory.mktemp("notebooks")
-    make_tiny_model(n_layers=2, d_model=32, n_heads=2).save_pretrained(d / "tiny-model")
-    make_tiny_tokenizer().save_pretrained(d / "tiny-model")
-    return d
+    return tmp_path_factory.mktemp("notebooks")
 
 
 def test_every_notebook_is_tested() -> None:
@@ -47,11 +25,11 @@ def test_every_notebook_is_tested() -> None:
 
 
 @pytest.mark.parametrize("name", ["01_quickstart", "02_probes_by_layer", "03_steering_and_patching"])
-def test_notebook_executes(name: str, workdir: Path) -> None:
+def test_notebook_executes(name: str, workdir: Path, tiny_model_path: Path, tiny_run_sets: list[str]) -> None:
     nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
     params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
     assert len(params) == 1, "each notebook has exactly one cell tagged 'parameters'"
-    sets = [f"model.name={workdir / 'tiny-model'}", *SMALL]
+    sets = [f"model.name={tiny_model_path}", *tiny_run_sets]
     params[0].source = f'CONFIG = "default"\nOUT = {str(workdir / "run")!r}\nSETS = {sets!r}'
     client = nbclient.NotebookClient(
         nb, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(workdir)}}
