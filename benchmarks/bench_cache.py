@@ -15,8 +15,8 @@ from pathlib import Path
 
 import torch
 
-from afprobe.activations import ActivationWriter, CacheConfig, CacheRunConfig, CacheRunner, pad_batch
-from afprobe.models import ModelConfig, load_model, make_backend
+from afprobe.activations import ActivationWriter, CacheConfig, CacheRunConfig, CacheRunner
+from afprobe.models import ModelConfig, load_model, make_backend, right_pad
 from afprobe.scenarios import CUE_FORMATS, SYSTEM_PROMPTS, build_pairs, builtin_requests, tokenize_prompts
 from benchmarks._timing import print_table, time_side_by_side
 
@@ -30,7 +30,7 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
     toks = tokenize_prompts(lm.tokenizer, prompts)  # 16 prompts per request: one batch each
     pad = int(lm.tokenizer.pad_token_id)
     bs = 16
-    data = [pad_batch(toks[i : i + bs], pad) for i in range(0, len(toks), bs)]
+    data = [right_pad([t.input_ids for t in toks[i : i + bs]], pad) for i in range(0, len(toks), bs)]
     mean_len = sum(len(t.input_ids) for t in toks) / len(toks)
     layers = list(range(lm.n_layers + 1))
     tmp = Path(tempfile.mkdtemp())
@@ -50,9 +50,9 @@ def main(batches: int = 3, rounds: int = 3, backend: str = "nnsight") -> dict:
     def afprobe_cache(name: str) -> None:  # the runner's loop: forward, gather, float conversion, HDF5 write
         counter["n"] += 1
         cfg = CacheRunConfig(model=ModelConfig(backend=name), cache=CacheConfig(batch_size=bs))  # type: ignore[arg-type]
-        runner = CacheRunner(cfg, tmp / f"c{counter['n']}.h5", lm=lm, progress=False)
+        runner = CacheRunner(cfg, progress=False)
         writer = ActivationWriter(
-            runner.out,
+            tmp / f"c{counter['n']}.h5",
             run_key="bench",
             n_prompts=len(toks),
             layers=layers,

@@ -156,9 +156,11 @@ def main(
 
     def prepare_cache() -> None:  # untimed: file creation is a once-per-run cost, not a per-batch one
         counter["n"] += 1
-        runner = CacheRunner(cfg, tmp / f"c{counter['n']}.h5", lm=lm, progress=False)
+        runner = CacheRunner(cfg, progress=False)
         prepared["runner"] = runner
-        prepared["writer"] = _writer(runner.out, len(toks), layers, lm.d_model, seq, batch_size)
+        prepared["writer"] = _writer(
+            tmp / f"c{counter['n']}.h5", len(toks), layers, lm.d_model, seq, batch_size
+        )
         if on_cuda:
             _track_memory(prepared["writer"], memory)
 

@@ -83,6 +83,37 @@ def tiny_run_sets() -> list[str]:
     ]
 
 
+def make_adapter(out: Path, seed: int = 1) -> Path:
+    """A LoRA adapter (rank 4, random non-zero weights) for ``make_tiny_model(n_layers=3, d_model=64)``."""
+    from peft import LoraConfig, get_peft_model
+
+    torch.manual_seed(seed)
+    cfg = LoraConfig(
+        r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False
+    )
+    get_peft_model(make_tiny_model(n_layers=3, d_model=64), cfg).save_pretrained(out)
+    return out
+
+
+@pytest.fixture
+def tiny_adapter(tmp_path: Path) -> Path:
+    return make_adapter(tmp_path / "adapter")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(
+    tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path, tiny_run_sets: list[str]
+) -> Path:
+    """``afprobe run default`` on the tiny model, every stage, through the command line (once per session)."""
+    from afprobe.cli import main
+
+    out = tmp_path_factory.mktemp("run") / "tiny"
+    sets = [x for s in tiny_run_sets for x in ("--set", s)]
+    code = main(["run", "default", "--out", str(out), "--model", str(tiny_model_path), "-q", *sets])
+    assert code == 0
+    return out
+
+
 @pytest.fixture(scope="session")
 def embedded_lm() -> LoadedModel:
     """SmolLM2-135M-Instruct in fp32 on CPU, loaded once per session (``make setup`` fetches it)."""

@@ -37,7 +37,7 @@ def _recompute(lm, r: ActivationReader, i: int) -> list[torch.Tensor]:
 
 
 def test_file_layout_meta_and_provenance(tiny_lm, tmp_path: Path) -> None:
-    out = CacheRunner(_cfg(), tmp_path / "a.h5", lm=tiny_lm, progress=False).run()
+    out = CacheRunner(_cfg(), progress=False).run(tmp_path / "a.h5", lm=tiny_lm)
     with ActivationReader(out) as r:
         n = 3 * 2 * 2 * 2
         assert r.resid.shape == (n, tiny_lm.n_layers + 1, 4, 64)
@@ -63,7 +63,7 @@ def test_file_layout_meta_and_provenance(tiny_lm, tmp_path: Path) -> None:
 
 
 def test_every_number_recomputes_with_a_plain_hf_forward(tiny_lm, tmp_path: Path) -> None:
-    out = CacheRunner(_cfg(), tmp_path / "a.h5", lm=tiny_lm, progress=False).run()
+    out = CacheRunner(_cfg(), progress=False).run(tmp_path / "a.h5", lm=tiny_lm)
     with ActivationReader(out) as r:
         for i in (0, 7, r.n_prompts - 1):
             hs = _recompute(tiny_lm, r, i)
@@ -79,12 +79,9 @@ def test_every_number_recomputes_with_a_plain_hf_forward(tiny_lm, tmp_path: Path
 
 
 def test_chosen_layers_and_float16(tiny_lm, tmp_path: Path) -> None:
-    out = CacheRunner(
-        _cfg(layers=[3, 1], dtype="float16", positions=["last", "cue"]),
-        tmp_path / "b.h5",
-        lm=tiny_lm,
-        progress=False,
-    ).run()
+    out = CacheRunner(_cfg(layers=[3, 1], dtype="float16", positions=["last", "cue"]), progress=False).run(
+        tmp_path / "b.h5", lm=tiny_lm
+    )
     with ActivationReader(out) as r:
         assert r.layers == [1, 3] and r.position_names == ["last", "cue"] and r.resid.dtype == np.float16
         hs = _recompute(tiny_lm, r, 2)
@@ -92,7 +89,7 @@ def test_chosen_layers_and_float16(tiny_lm, tmp_path: Path) -> None:
 
 
 def test_resume_after_a_crash_gives_identical_arrays(tiny_lm, tmp_path: Path, monkeypatch) -> None:
-    ref = CacheRunner(_cfg(), tmp_path / "ref.h5", lm=tiny_lm, progress=False).run()
+    ref = CacheRunner(_cfg(), progress=False).run(tmp_path / "ref.h5", lm=tiny_lm)
     out = tmp_path / "crash.h5"
     real_write = ActivationWriter.write_batch
     calls = {"n": 0}
@@ -105,14 +102,14 @@ def test_resume_after_a_crash_gives_identical_arrays(tiny_lm, tmp_path: Path, mo
 
     monkeypatch.setattr(ActivationWriter, "write_batch", crash_on_third)
     with pytest.raises(KeyboardInterrupt):
-        CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
     assert not out.exists() and partial_path(out).exists()
     with h5py.File(partial_path(out)) as f:
         assert f.attrs["n_done"] == 10 and not f.attrs["complete"]
     with pytest.raises(AfprobeError, match=r"not a finished|not found"):
         ActivationReader(out)
     monkeypatch.setattr(ActivationWriter, "write_batch", real_write)
-    CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
+    CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
     _assert_same_arrays(ref, out)
 
 
@@ -120,19 +117,19 @@ def test_resume_with_another_config_or_model_is_refused(tiny_lm, tmp_path: Path,
     out = tmp_path / "c.h5"
     monkeypatch.setattr(ActivationWriter, "write_batch", _boom)
     with pytest.raises(RuntimeError):
-        CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
     with pytest.raises(AfprobeError, match="another model, config or prompt set"):
-        CacheRunner(_cfg(dtype="float16"), out, lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(dtype="float16"), progress=False).run(out, lm=tiny_lm)
     other = load_model(ModelConfig(name=str(_save_tiny(tmp_path, seed=5)), device="cpu", dtype="float32"))
     with pytest.raises(AfprobeError, match="another model"):
-        CacheRunner(_cfg(), out, lm=other, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=other)
 
 
 def test_finished_file_needs_overwrite(tiny_lm, tmp_path: Path) -> None:
-    out = CacheRunner(_cfg(), tmp_path / "d.h5", lm=tiny_lm, progress=False).run()
+    out = CacheRunner(_cfg(), progress=False).run(tmp_path / "d.h5", lm=tiny_lm)
     with pytest.raises(AfprobeError, match="--overwrite"):
-        CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
-    CacheRunner(_cfg(dtype="float16"), out, lm=tiny_lm, overwrite=True, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
+    CacheRunner(_cfg(dtype="float16"), overwrite=True, progress=False).run(out, lm=tiny_lm)
     with ActivationReader(out) as r:
         assert r.resid.dtype == np.float16
 
@@ -181,7 +178,7 @@ def test_float16_overflow_is_refused_not_written(tiny_lm, tmp_path: Path) -> Non
     with torch.no_grad():
         tiny_lm.model.model.embed_tokens.weight.mul_(1e8)
     with pytest.raises(AfprobeError, match="float16 range"):
-        CacheRunner(_cfg(dtype="float16"), tmp_path / "e.h5", lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(dtype="float16"), progress=False).run(tmp_path / "e.h5", lm=tiny_lm)
     assert not (tmp_path / "e.h5").exists()
 
 
@@ -190,7 +187,7 @@ def test_embedded_cache_shapes_positions_and_hf_agreement(embedded_lm, tmp_path:
     cfg = CacheRunConfig(
         scenario=ScenarioConfig(limit=2, cue_formats=["tag", "sentence"]), cache=CacheConfig()
     )
-    out = CacheRunner(cfg, tmp_path / "emb.h5", lm=embedded_lm, progress=False).run()
+    out = CacheRunner(cfg, progress=False).run(tmp_path / "emb.h5", lm=embedded_lm)
     tok = embedded_lm.tokenizer
     with ActivationReader(out) as r:
         assert r.resid.shape == (2 * 2 * 2 * 2, 31, 4, 576)

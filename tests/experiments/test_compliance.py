@@ -7,11 +7,10 @@ import pytest
 import torch
 
 from afprobe import AfprobeError
+from afprobe._stats import bootstrap_mean, bootstrap_ratio, spearman
 from afprobe.experiments import (
     ComplianceConfig,
     PrefixClassifier,
-    bootstrap_mean,
-    bootstrap_ratio,
     continuation_ids,
     gap_summary,
     get_classifier,
@@ -19,7 +18,6 @@ from afprobe.experiments import (
     measure_compliance,
     pair_indices,
     register_classifier,
-    spearman,
 )
 from afprobe.models import make_backend
 from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from afprobe._stats import spearman
 from afprobe.experiments import (
     PatchSetting,
     attribution_matrix,
@@ -15,7 +16,6 @@ from afprobe.experiments import (
     normalized,
     pair_indices,
     score_settings,
-    spearman,
     window_sites,
 )
 from afprobe.experiments._patching import SPAN, grid_matrix, run_exact

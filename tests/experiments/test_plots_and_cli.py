@@ -10,7 +10,7 @@ import pytest
 from matplotlib.figure import Figure
 
 from afprobe.cli import main
-from afprobe.experiments import plot_compliance_gap, plot_dose_response, plot_patching_heatmap
+from afprobe.report import plot_compliance_gap, plot_dose_response, plot_patching_heatmap
 
 TINY_STEER = [
     "--limit",
@@ -91,13 +91,45 @@ def test_afprobe_patch_writes_results(tmp_path: Path, tiny_model_dir: Path, caps
         assert (out / name).is_file()
 
 
+@pytest.fixture(scope="module")
+def probe_dir(tmp_path_factory, tiny_model_path: Path) -> Path:
+    """A default ``afprobe probe`` output on the tiny model: layer 0 at ``last`` and ``user_end`` holds the same
+    token on both tiers, so its directions are zero (the case a divergent loader once refused)."""
+    d = tmp_path_factory.mktemp("probed")
+    limit = ["--limit", "4", "-q", "--set", "scenario.cue_formats=[sentence, tag]"]
+    assert main(["cache", "--model", str(tiny_model_path), "--out", str(d / "a.h5"), *limit]) == 0
+    assert main(["probe", str(d / "a.h5"), "--out", str(d / "probes"), "-q", "--set", "probes.folds=2"]) == 0
+    return d / "probes"
+
+
+@pytest.mark.parametrize("command", ["steer", "patch"])
+def test_steer_and_patch_take_a_default_probe_output(
+    tmp_path: Path, tiny_model_path: Path, probe_dir: Path, capsys, command: str
+) -> None:
+    out = tmp_path / command
+    extra = (
+        ["--set", "steering.alphas=[1.0]", "--set", "steering.n_auto_layers=2"] if command == "steer" else []
+    )
+    args = [command, "--model", str(tiny_model_path), "--out", str(out), "--probes", str(probe_dir)]
+    code = main([*args, "--limit", "1", "-q", "--set", "compliance.max_new_tokens=2", "--no-plots", *extra])
+    printed = capsys.readouterr()
+    assert code == 0, printed.err
+    res = json.loads((out / ("steering.json" if command == "steer" else "patching.json")).read_text())
+    meta = res["directions"]
+    assert meta["source"].startswith("probes:") and 0 in meta["skipped_layers"] and 0 not in meta["layers"]
+    assert "zero direction" in meta["note"] and "zero direction" in printed.out
+    results = json.loads((probe_dir / "probe_results.json").read_text())
+    if results["best"]["position"] == "last":  # the one best-layer rule: the probes' headline
+        assert meta["best_layer"] == results["best"]["layer"]
+
+
 @pytest.mark.parametrize(
     ("extra", "needle"),
     [
         (["--probes", "no/such/dir"], "no probe directions"),
         (["--set", "steering.layers=[7]"], "layer 7 out of range"),
         (["--set", "steering.n_random=3"], "steering.n_random"),
-        (["--set", "steering.positions=middle"], "steering.positions"),
+        (["--set", "steering.edit_start=middle"], "steering.edit_start"),
     ],
 )
 def test_steer_bad_input_exits_2(tmp_path: Path, tiny_model_dir: Path, capsys, extra, needle) -> None:

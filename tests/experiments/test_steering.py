@@ -15,11 +15,10 @@ from afprobe.experiments import (
     random_unit_vectors,
     run_sweep,
     score_settings,
-    stack_edits,
     summarize_sweep,
     sweep_settings,
 )
-from afprobe.models import Edit, make_backend
+from afprobe.models import Edit, edit_mask, make_backend, stack_edits
 
 from .conftest import U, make_planted, toy_items
 
@@ -81,7 +80,7 @@ def test_ablation_removes_the_component_after_the_hook(tiny_lm, tiny_items) -> N
         out = b.run(batch.input_ids, batch.attention_mask, read_layers=[2], edits=edits, logits=False).resid[
             2
         ]
-    mask = batch.mask("from_cue")
+    mask = edit_mask(Edit(2, "add", u, batch.starts("from_cue")), batch.n_rows, batch.seq_len)
     assert (out[mask] @ u).abs().max() < 1e-5
     assert (base[mask] @ u).abs().max() > 1e-2
     torch.testing.assert_close(out[~mask], base[~mask])  # untouched before the cue

@@ -2,8 +2,9 @@ import pytest
 import torch
 
 from afprobe import AfprobeError
-from afprobe.models import BACKENDS, Edit, apply_edit, gather_positions, make_backend
-from afprobe.models._backends import fan_out_start
+from afprobe.models import BACKENDS, Edit, apply_edit, fan_out_start, gather_positions, make_backend
+
+LOCAL = [name for name, cls in BACKENDS.items() if not cls.remote]
 
 
 def _batch(lm, seed: int = 0):
@@ -15,7 +16,7 @@ def _batch(lm, seed: int = 0):
     return ids, mask, pos
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", LOCAL)
 def test_backend_reads_match_hf_hidden_states(tiny_lm, backend: str) -> None:
     ids, mask, pos = _batch(tiny_lm)
     with torch.no_grad():
@@ -35,7 +36,7 @@ def test_backend_reads_match_hf_hidden_states(tiny_lm, backend: str) -> None:
     assert trunk.logits is None
 
 
-@pytest.mark.parametrize("backend", list(BACKENDS))
+@pytest.mark.parametrize("backend", LOCAL)
 def test_edits_add_set_ablate(tiny_lm, backend: str) -> None:
     ids, mask, pos = _batch(tiny_lm)
     b = make_backend(tiny_lm, backend)
@@ -82,13 +83,13 @@ def test_layer_out_of_range_is_a_user_error(tiny_lm) -> None:
 @pytest.mark.integration
 @pytest.mark.parametrize("backend", ["nnsight", "transformer_lens"])
 def test_embedded_backends_agree_with_hf_to_1e4(embedded_lm, backend: str) -> None:
-    from afprobe.activations import pad_batch
+    from afprobe.models import right_pad
     from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
 
     toks = tokenize_prompts(
         embedded_lm.tokenizer, build_pairs(builtin_requests()[:2], ["tag"], ["helpful_only"])
     )
-    ids, mask = pad_batch(toks, embedded_lm.tokenizer.pad_token_id)
+    ids, mask = right_pad([t.input_ids for t in toks], embedded_lm.tokenizer.pad_token_id)
     pos = torch.tensor([list(t.positions.values()) for t in toks])
     layers = list(range(embedded_lm.n_layers + 1))
     # Built first: TransformerLens switches the shared HF module to eager attention, and the reference forward

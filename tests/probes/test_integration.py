@@ -23,7 +23,7 @@ def probe_embedded_cache(embedded_lm: LoadedModel, tmp_path_factory: pytest.Temp
         cache=CacheConfig(batch_size=8),
     )
     out = tmp_path_factory.mktemp("probe_embedded") / "activations.h5"
-    return CacheRunner(cfg, out, lm=embedded_lm, progress=False).run()
+    return CacheRunner(cfg, progress=False).run(out, lm=embedded_lm)
 
 
 def test_embedded_cache_gives_a_per_layer_curve(

@@ -10,7 +10,14 @@ import pytest
 
 from afprobe.activations import META_COLUMNS, ActivationWriter
 from afprobe.cli import main
-from afprobe.probes import ProbeConfig, ProbeRunner, load_directions, read_probe_results, run_probes
+from afprobe.probes import (
+    ProbeConfig,
+    ProbeRunConfig,
+    ProbeRunner,
+    load_directions,
+    read_probe_results,
+    run_probes,
+)
 from afprobe.probes import _report as report_module
 
 POSITIONS = ("cue", "system_end", "user_end", "last")
@@ -221,24 +228,24 @@ def test_cross_format_generalization_matrix(tmp_path: Path) -> None:
 def test_refuses_finished_dir_without_overwrite_and_is_crash_safe(tmp_path: Path, monkeypatch) -> None:
     path, _ = write_activations(tmp_path / "a.h5", layers=(0, 2))
     out = tmp_path / "out"
-    ProbeRunner(FAST, progress=False).run(path, out)
+    ProbeRunner(ProbeRunConfig(probes=FAST), progress=False).run(out, activations=path)
     first = read_probe_results(out)["provenance"]["created"]
     with pytest.raises(Exception, match="already holds finished probe results; pass --overwrite"):
-        ProbeRunner(FAST, progress=False).run(path, out)
+        ProbeRunner(ProbeRunConfig(probes=FAST), progress=False).run(out, activations=path)
 
     def boom(*args, **kwargs):
         raise RuntimeError("killed while writing")
 
     monkeypatch.setattr(report_module, "save_directions", boom)
     with pytest.raises(RuntimeError):
-        ProbeRunner(FAST, overwrite=True, progress=False).run(path, out)
+        ProbeRunner(ProbeRunConfig(probes=FAST), overwrite=True, progress=False).run(out, activations=path)
     assert read_probe_results(out)["provenance"]["created"] == first  # the finished result is untouched
     assert not list(tmp_path.glob(".out.*"))
     with pytest.raises(RuntimeError):
-        ProbeRunner(FAST, progress=False).run(path, tmp_path / "fresh")
+        ProbeRunner(ProbeRunConfig(probes=FAST), progress=False).run(tmp_path / "fresh", activations=path)
     assert not (tmp_path / "fresh").exists()  # a crash never leaves a DIR that looks finished
     monkeypatch.undo()
-    ProbeRunner(FAST, overwrite=True, progress=False).run(path, out)
+    ProbeRunner(ProbeRunConfig(probes=FAST), overwrite=True, progress=False).run(out, activations=path)
     assert read_probe_results(out)["provenance"]["created"] >= first
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from afprobe.cli import main
+from afprobe.pipeline import run_results, stage_results
 from afprobe.report import build_summary, read_stage, write_report
 
 DESIGN_KEYS = {
@@ -104,9 +105,10 @@ def test_report_redraws_from_disk_only(tiny_run: Path, tmp_path: Path) -> None:
 
 
 def test_stages_outside_the_run_are_not_mixed_in(tiny_run: Path) -> None:
-    assert read_stage(tiny_run, "steering") is not None
-    assert read_stage(tiny_run, "steering", ["scenarios", "probes"]) is None
-    s = build_summary(tiny_run, stages=["scenarios", "probes"])
+    assert read_stage(run_results(tiny_run), "steering") is not None
+    some = stage_results(tiny_run, ["scenarios", "probes"])
+    assert read_stage(some, "steering") is None
+    s = build_summary(some)
     assert s["steering"] is None and s["compliance"] is None and s["probes"] is not None
 
 
@@ -121,7 +123,7 @@ def test_no_finished_looking_report_on_failure(tiny_run: Path, tmp_path: Path, m
 
     monkeypatch.setattr("afprobe.report._html.render_html", boom)
     with pytest.raises(RuntimeError):
-        write_report(run)
+        write_report(run, run_results(run))
     assert not (run / "report.html").exists()
     assert not (run / "summary.json").exists()
     assert not list(run.glob(".*.partial"))

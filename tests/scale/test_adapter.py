@@ -18,7 +18,7 @@ SCEN = ScenarioConfig(limit=2, system_prompts=["helpful_only"], cue_formats=["ta
 
 def _cache(cfg: ModelConfig, out: Path, lm=None) -> np.ndarray:
     run = CacheRunConfig(model=cfg, scenario=SCEN, cache=CacheConfig(batch_size=4))
-    path = CacheRunner(run, out, lm=lm, progress=False).run()
+    path = CacheRunner(run, progress=False).run(out, lm=lm)
     with ActivationReader(path) as r:
         return r.resid[()]
 

@@ -1,6 +1,7 @@
-"""``python -m benchmarks`` / ``afprobe bench``: one table of ratios from every area, JSON + RESULTS.md per device;
+"""``python -m benchmarks`` (``make bench``): one table of ratios from every area, JSON + RESULTS.md per device;
 ``bench_gpu`` skips cleanly without CUDA and runs its code on CPU at a tiny shape."""
 
+import importlib
 import json
 import sys
 import types
@@ -9,13 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from afprobe.cli import main
-from afprobe.cli._bench import _benchmarks_module
-
 
 @pytest.fixture
 def bench():
-    return _benchmarks_module()
+    """``benchmarks/__main__.py`` of this checkout (benchmarks are not installed; pytest runs from its root)."""
+    return importlib.import_module("benchmarks.__main__")
 
 
 @pytest.fixture
@@ -82,11 +81,13 @@ def test_a_failing_area_does_not_lose_the_others(bench, fake_area, monkeypatch, 
     assert record["results"]["cache"]["result"] is not None
 
 
-def test_cli_bench(fake_area, tmp_path: Path, capsys) -> None:
-    assert main(["bench", "--only", "cache", "--rounds", "1", "--out", str(tmp_path)]) == 0
+def test_command_line(bench, fake_area, tmp_path: Path, capsys) -> None:
+    assert bench.main(["--only", "cache", "--rounds", "1", "--out", str(tmp_path)]) == 0
     assert "all benchmarks on" in capsys.readouterr().out
     assert (tmp_path / "RESULTS.md").exists()
-    assert main(["bench", "--only", "nonsense"]) == 2
+    with pytest.raises(SystemExit) as e:
+        bench.main(["--only", "nonsense"])
+    assert e.value.code == 2
 
 
 def test_bench_gpu_skips_cleanly_without_cuda(bench) -> None:

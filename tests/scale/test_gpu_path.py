@@ -104,11 +104,11 @@ def test_rows_that_fit_follows_free_memory(tiny_lm) -> None:
 
 
 def test_cache_with_oom_back_off_gives_bit_identical_arrays(tiny_lm, tmp_path: Path, monkeypatch) -> None:
-    ref = CacheRunner(_cfg(), tmp_path / "ref.h5", lm=tiny_lm, progress=False).run()
+    ref = CacheRunner(_cfg(), progress=False).run(tmp_path / "ref.h5", lm=tiny_lm)
     made = _patch_oom(monkeypatch, max_rows=2)
-    runner = CacheRunner(_cfg(), tmp_path / "oom.h5", lm=tiny_lm, progress=False)
+    runner = CacheRunner(_cfg(), progress=False)
     with pytest.warns(UserWarning, match="sub-batches shrink to"):
-        out = runner.run()
+        out = runner.run(tmp_path / "oom.h5", lm=tiny_lm)
     assert made[0].rows_seen[:3] == [6, 3, 1] and max(made[0].rows_seen[3:]) <= 2
     assert runner.forward_batch_size == 1
     a, b = _arrays(ref), _arrays(out)
@@ -121,7 +121,7 @@ def test_oom_inside_the_model_is_caught_through_each_backend(
     tiny_model_dir: Path, tmp_path: Path, backend
 ) -> None:
     lm = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32", backend=backend))
-    ref = CacheRunner(_cfg(), tmp_path / "ref.h5", lm=lm, progress=False).run()
+    ref = CacheRunner(_cfg(), progress=False).run(tmp_path / "ref.h5", lm=lm)
 
     def oom_on_big_batches(mod, args, kwargs):
         h = args[0] if args else kwargs["hidden_states"]
@@ -131,7 +131,7 @@ def test_oom_inside_the_model_is_caught_through_each_backend(
     handle = lm.model.model.layers[1].register_forward_pre_hook(oom_on_big_batches, with_kwargs=True)
     try:
         with pytest.warns(UserWarning, match="shrink to 3"):
-            out = CacheRunner(_cfg(), tmp_path / "oom.h5", lm=lm, progress=False).run()
+            out = CacheRunner(_cfg(), progress=False).run(tmp_path / "oom.h5", lm=lm)
     finally:
         handle.remove()
     a, b = _arrays(ref), _arrays(out)
@@ -142,7 +142,7 @@ def test_oom_inside_the_model_is_caught_through_each_backend(
 def test_crash_then_resume_with_smaller_sub_batches_is_identical(
     tiny_lm, tmp_path: Path, monkeypatch
 ) -> None:
-    ref = CacheRunner(_cfg(), tmp_path / "ref.h5", lm=tiny_lm, progress=False).run()
+    ref = CacheRunner(_cfg(), progress=False).run(tmp_path / "ref.h5", lm=tiny_lm)
     out = tmp_path / "crash.h5"
     real_write = ActivationWriter.write_batch
     calls = {"n": 0}
@@ -155,13 +155,13 @@ def test_crash_then_resume_with_smaller_sub_batches_is_identical(
 
     monkeypatch.setattr(ActivationWriter, "write_batch", crash_on_third)
     with pytest.raises(KeyboardInterrupt):  # raised on the writer thread, re-raised in the caller
-        CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
     with h5py.File(partial_path(out)) as f:
         assert f.attrs["n_done"] == 12  # two whole batches; nothing after the failed one
     monkeypatch.setattr(ActivationWriter, "write_batch", real_write)
     _patch_oom(monkeypatch, max_rows=4)  # the resumed run has less memory: sub-batches of 3
     with pytest.warns(UserWarning):
-        CacheRunner(_cfg(), out, lm=tiny_lm, progress=False).run()
+        CacheRunner(_cfg(), progress=False).run(out, lm=tiny_lm)
     a, b = _arrays(ref), _arrays(out)
     for key in a:
         np.testing.assert_array_equal(a[key], b[key])
@@ -234,7 +234,7 @@ def test_memory_stays_flat_over_a_long_cache_run(tiny_lm, tmp_path: Path, monkey
     monkeypatch.setattr(ActivationWriter, "write_batch", watch)
     tracemalloc.start()
     try:
-        CacheRunner(cfg, tmp_path / "long.h5", lm=tiny_lm, progress=False).run()
+        CacheRunner(cfg, progress=False).run(tmp_path / "long.h5", lm=tiny_lm)
     finally:
         tracemalloc.stop()
     (t5, m5), (t40, m40) = seen
@@ -249,8 +249,8 @@ def test_device_map_auto_loads_and_caches_the_same(tiny_model_dir: Path, tmp_pat
     plain = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32"))
     mapped = load_model(ModelConfig(name=str(tiny_model_dir), dtype="float32", device_map="auto"))
     assert mapped.config.device_map == "auto" and _gpu.model_devices(mapped.model)  # placed by accelerate
-    a = CacheRunner(_cfg(), tmp_path / "a.h5", lm=plain, progress=False).run()
-    b = CacheRunner(_cfg(), tmp_path / "b.h5", lm=mapped, progress=False).run()
+    a = CacheRunner(_cfg(), progress=False).run(tmp_path / "a.h5", lm=plain)
+    b = CacheRunner(_cfg(), progress=False).run(tmp_path / "b.h5", lm=mapped)
     np.testing.assert_allclose(_arrays(a)["resid"], _arrays(b)["resid"], atol=1e-6)
 
 
@@ -264,7 +264,7 @@ def test_cuda_bf16_cache_matches_cpu_and_memory_is_flat(tmp_path: Path, monkeypa
     gpu = wrap_model(
         make_tiny_model(n_layers=3, d_model=64).to("cuda", torch.bfloat16), make_tiny_tokenizer(), name="tiny"
     )
-    ref = CacheRunner(_cfg(), tmp_path / "cpu.h5", lm=cpu, progress=False).run()
+    ref = CacheRunner(_cfg(), progress=False).run(tmp_path / "cpu.h5", lm=cpu)
     allocated: list[int] = []
     real_write = ActivationWriter.write_batch
 
@@ -273,7 +273,7 @@ def test_cuda_bf16_cache_matches_cpu_and_memory_is_flat(tmp_path: Path, monkeypa
         allocated.append(torch.cuda.memory_allocated())
 
     monkeypatch.setattr(ActivationWriter, "write_batch", watch)
-    out = CacheRunner(_cfg(batch_size=2), tmp_path / "gpu.h5", lm=gpu, progress=False).run()
+    out = CacheRunner(_cfg(batch_size=2), progress=False).run(tmp_path / "gpu.h5", lm=gpu)
     np.testing.assert_allclose(_arrays(out)["resid"], _arrays(ref)["resid"], atol=0.1, rtol=0.05)
     assert max(allocated[2:]) <= allocated[1] + 1024 * 1024
 
@@ -310,6 +310,6 @@ def test_cache_across_two_gpus_equals_one(tiny_model_dir: Path, tmp_path: Path) 
     one = load_model(ModelConfig(name=str(tiny_model_dir), device="cuda", dtype="float32"))
     two = load_model(ModelConfig(name=str(tiny_model_dir), dtype="float32", device_map=split))
     assert {p.device.index for p in two.model.parameters()} == {0, 1}
-    a = CacheRunner(_cfg(), tmp_path / "one.h5", lm=one, progress=False).run()
-    b = CacheRunner(_cfg(), tmp_path / "two.h5", lm=two, progress=False).run()
+    a = CacheRunner(_cfg(), progress=False).run(tmp_path / "one.h5", lm=one)
+    b = CacheRunner(_cfg(), progress=False).run(tmp_path / "two.h5", lm=two)
     np.testing.assert_allclose(_arrays(a)["resid"], _arrays(b)["resid"], atol=1e-5)

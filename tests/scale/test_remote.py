@@ -4,7 +4,6 @@ request is unpickled, as on NDIF), so the numbers can be compared with a local r
 
 import importlib.abc
 import sys
-import types
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from transformers import AutoTokenizer
 
 from afprobe import AfprobeError
 from afprobe.activations import ActivationReader, CacheConfig, CacheRunConfig, CacheRunner
-from afprobe.models import Edit, ModelConfig, _remote, load_model, make_backend
+from afprobe.models import Edit, ModelConfig, _remote, generate, load_model, make_backend
 from afprobe.scenarios import ScenarioConfig
 
 REPO = "org/tiny-llama"
@@ -126,8 +125,8 @@ def test_remote_cache_file_equals_local(ndif: FakeNDIF, tiny_model_dir: Path, tm
     scen = ScenarioConfig(limit=2, system_prompts=["helpful_only"], cue_formats=["tag"])
     remote = CacheRunConfig(model=_remote_cfg(tiny_model_dir), scenario=scen, cache=CacheConfig(batch_size=2))
     local = remote.model_copy(update={"model": ModelConfig(name=str(tiny_model_dir), dtype="float32")})
-    a = CacheRunner(remote, tmp_path / "remote.h5", progress=False).run()
-    b = CacheRunner(local, tmp_path / "local.h5", progress=False).run()
+    a = CacheRunner(remote, progress=False).run(tmp_path / "remote.h5")
+    b = CacheRunner(local, progress=False).run(tmp_path / "local.h5")
     assert len(ndif.requests) == 2  # one request per batch
     with ActivationReader(a) as ra, ActivationReader(b) as rb:
         np.testing.assert_allclose(ra.resid[()], rb.resid[()], atol=1e-5)
@@ -147,20 +146,15 @@ def test_adapter_travels_with_the_request(ndif: FakeNDIF, tiny_model_dir: Path, 
 
 
 def test_batched_generation_runs_on_ndif_and_matches_local(ndif: FakeNDIF, tiny_model_dir: Path) -> None:
-    from afprobe.experiments._batch_generate import generate_batched_ids
-
     rows = [[5, 6, 7, 8, 9], [10, 11, 12], [40, 41, 42, 43]]
-    remote = load_model(_remote_cfg(tiny_model_dir))
-    local = load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32"))
-    got = generate_batched_ids(remote, rows, 6, batch_size=2)
+    remote = make_backend(load_model(_remote_cfg(tiny_model_dir)))
+    local = make_backend(load_model(ModelConfig(name=str(tiny_model_dir), device="cpu", dtype="float32")))
+    got = generate(remote, rows, max_new_tokens=6, batch_size=2)
     assert len(ndif.requests) == 2  # one request per batch
-    assert got == generate_batched_ids(local, rows, 6, batch_size=3, engine="hf")
+    assert got == generate(local, rows, max_new_tokens=6, batch_size=3, engine="hf")
     with pytest.raises(AfprobeError, match="does not run on NDIF"):
-        generate_batched_ids(
-            remote,
-            rows,
-            2,
-            edits=[types.SimpleNamespace(layer=1, op="add", vector=torch.ones(64), start="all")],
+        generate(
+            remote, rows, max_new_tokens=2, edits=[Edit(1, "add", torch.ones(64), torch.zeros(3).long())]
         )
 
 

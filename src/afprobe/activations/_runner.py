@@ -1,11 +1,10 @@
-"""``CacheRunner(cfg).run()``: prompts -> model -> residual stream at named positions -> HDF5."""
+"""``CacheRunner(cfg).run(out)``: prompts -> model -> residual stream at named positions -> HDF5."""
 
 from __future__ import annotations
 
 import hashlib
 import json
 import warnings
-from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Literal
@@ -19,7 +18,7 @@ from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
 from afprobe.config import StrictModel
-from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend
+from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend, right_pad
 from afprobe.scenarios import (
     POSITION_NAMES,
     ScenarioConfig,
@@ -63,54 +62,43 @@ def resolve_layers(spec: Literal["all"] | list[int], n_layers: int, name: str) -
     return sorted(layers)
 
 
-def pad_batch(items: Sequence[TokenizedPrompt], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Right-padded ``input_ids`` and ``attention_mask`` for a batch."""
-    width = max(len(t.input_ids) for t in items)
-    ids = torch.full((len(items), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(items), width), dtype=torch.long)
-    for i, t in enumerate(items):
-        ids[i, : len(t.input_ids)] = torch.tensor(t.input_ids)
-        mask[i, : len(t.input_ids)] = 1
-    return ids, mask
-
-
 class CacheRunner:
-    """Cache the residual stream of ``cfg.model`` on ``cfg.scenario``'s prompts into ``out``.
+    """Cache the residual stream of ``cfg.model`` on ``cfg.scenario``'s prompts into the HDF5 file ``out``."""
 
-    Pass ``lm`` to reuse a model that is already loaded (its provenance is what gets recorded).
-    """
-
-    def __init__(
-        self,
-        cfg: CacheRunConfig,
-        out: str | Path,
-        *,
-        lm: LoadedModel | None = None,
-        overwrite: bool = False,
-        progress: bool = True,
-    ):
+    def __init__(self, cfg: CacheRunConfig, *, progress: bool = True, overwrite: bool = False):
         self.cfg = cfg
-        self.out = Path(out)
-        self.lm = lm
         self.overwrite = overwrite
         self.progress = progress
         self.forward_batch_size: int | None = None  # the forward sub-batch size the last run ended with
 
-    def run(self) -> Path:
+    def prepare(
+        self, lm: LoadedModel | None = None, prompts: list[TokenizedPrompt] | None = None
+    ) -> tuple[LoadedModel, list[TokenizedPrompt]]:
+        """The model (loaded unless given) and the prompts (built and tokenized unless given)."""
         cfg = self.cfg
-        check_output_path(self.out, self.overwrite)
+        if prompts is None:
+            built = build_scenario(cfg.scenario)
+            lm = lm or load_model(cfg.model)
+            prompts = tokenize_prompts(lm.tokenizer, built, cfg.cache.positions)
+        return lm or load_model(cfg.model), prompts
+
+    def run(
+        self, out: str | Path, *, lm: LoadedModel | None = None, prompts: list[TokenizedPrompt] | None = None
+    ) -> Path:
+        """Cache into ``out`` (resuming its ``.partial``); pass ``lm`` and ``prompts`` when they are already
+        loaded and tokenized (their provenance is what gets recorded). Returns the finished file."""
+        cfg = self.cfg
+        out = Path(out)
+        check_output_path(out, self.overwrite)
         if cfg.cache.batch_size < 1:
             raise AfprobeError("cache.batch_size must be at least 1")
-        prompts = build_scenario(cfg.scenario)
-        torch.manual_seed(cfg.seed)
-        lm = self.lm or load_model(cfg.model)
+        lm, toks = self.prepare(lm, prompts)
         layers = resolve_layers(cfg.cache.layers, lm.n_layers, lm.name)
-        toks = tokenize_prompts(lm.tokenizer, prompts, cfg.cache.positions)
         if self.overwrite:
-            self.out.unlink(missing_ok=True)
-            partial_path(self.out).unlink(missing_ok=True)
+            out.unlink(missing_ok=True)
+            partial_path(out).unlink(missing_ok=True)
         writer = ActivationWriter(
-            self.out,
+            out,
             run_key=self.run_key(lm, toks),
             n_prompts=len(toks),
             layers=layers,
@@ -164,7 +152,7 @@ class CacheRunner:
             task = bar.add_task(f"{lm.name} ({len(layers)} layers)", total=len(toks), completed=writer.n_done)
             for start in range(writer.n_done, len(toks), bs):
                 batch = toks[start : start + bs]
-                ids, mask = pad_batch(batch, pad_id)
+                ids, mask = right_pad([t.input_ids for t in batch], pad_id)
                 pos = torch.tensor([[t.positions[p] for p in positions] for t in batch], dtype=torch.long)
                 pos_dev = pos.to(lm.device)  # once per batch, not once per layer read
                 host = pipe.buffer()
@@ -193,7 +181,9 @@ class CacheRunner:
         h.update(self.cfg.model_dump_json(exclude={"model": {"device"}}).encode())
         for t in toks:
             h.update(np.asarray(t.input_ids, dtype=np.int64).tobytes())
-            h.update(json.dumps(t.positions, sort_keys=True).encode())
+            h.update(
+                json.dumps({p: t.positions[p] for p in self.cfg.cache.positions}, sort_keys=True).encode()
+            )
         return h.hexdigest()
 
     def provenance(self, lm: LoadedModel) -> dict:
@@ -212,7 +202,7 @@ class CacheRunner:
                 "d_model": lm.d_model,
                 "chat_template_hash": template_hash(lm.tokenizer),
                 "conversation_format": conversation_format(lm.tokenizer),
-                "backend": lm.config.backend,
+                "backend": lm.config.backend_name,
                 "afprobe_version": afprobe.__version__,
                 "torch_version": torch.__version__,
                 "transformers_version": transformers.__version__,

@@ -41,6 +41,16 @@ def partial_path(out: Path) -> Path:
     return out.with_name(out.name + ".partial")
 
 
+def partial_run_key(out: Path) -> str | None:
+    """The run key of ``OUT.partial`` (what its resume must match), or None when there is no readable one."""
+    try:
+        with h5py.File(partial_path(out), "r") as f:
+            key = f.attrs.get("run_key")
+    except (OSError, KeyError):
+        return None
+    return None if key is None else str(key)
+
+
 def check_output_path(out: Path, overwrite: bool) -> None:
     """Refuse a directory, a finished file (unless ``overwrite``) or a missing parent directory."""
     if out.is_dir():

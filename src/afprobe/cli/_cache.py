@@ -8,47 +8,16 @@ from typing import Annotated
 import typer
 
 from afprobe.activations import CacheRunConfig, CacheRunner
-from afprobe.cli._app import (
-    ConfigOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LimitOpt,
-    ModelOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RequestsOpt,
-    SeedOpt,
-    SetOpt,
-    app,
-    build_config,
-)
+from afprobe.cli._app import Flags, app, shared_flags
 
 
 @app.command("cache")
+@shared_flags("config", "set_", "model", "requests", "limit", "device", "dtype", "seed", "overwrite", "quiet")
 def cache(
     out: Annotated[Path, typer.Option("--out", help="Output HDF5 file, e.g. runs/x/activations.h5.")],
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    model: ModelOpt = None,
-    requests: RequestsOpt = None,
-    limit: LimitOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
+    flags: Flags,
 ) -> None:
     """Cache the residual stream (embedding output and every block, or cache.layers) at the named positions."""
-    cfg = build_config(
-        CacheRunConfig,
-        config,
-        set_,
-        model=model,
-        requests=requests,
-        limit=limit,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    path = CacheRunner(cfg, out, overwrite=overwrite, progress=not quiet).run()
+    cfg = flags.config_of(CacheRunConfig)
+    path = CacheRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(out)
     typer.echo(f"wrote {path}")

@@ -7,66 +7,27 @@ from typing import Annotated
 
 import typer
 
-from afprobe.cli._app import (
-    ConfigOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LimitOpt,
-    ModelOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RequestsOpt,
-    SeedOpt,
-    SetOpt,
-    app,
-    build_config,
-)
-from afprobe.cli._steer import PlotsOpt, ProbesOpt, save_png
+from afprobe.cli._app import Flags, app, shared_flags
+from afprobe.cli._steer import CAUSAL_FLAGS, PlotsOpt, ProbesOpt
+from afprobe.experiments import PATCHING_FILE, PatchingRunner, PatchRunConfig
+from afprobe.report import patching_heatmaps
 
 
 @app.command("patch")
+@shared_flags(*CAUSAL_FLAGS)
 def patch(
     out: Annotated[Path, typer.Option("--out", help="Output directory, e.g. runs/x/patching.")],
+    flags: Flags,
     probes: ProbesOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    model: ModelOpt = None,
-    requests: RequestsOpt = None,
-    limit: LimitOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
     plots: PlotsOpt = True,
 ) -> None:
     """Patch free <-> paid activations per layer x position and around the cue; subspace and attribution."""
-    from afprobe.experiments import PatchRunConfig, plot_patching_heatmap, run_patching
-
-    cfg = build_config(
-        PatchRunConfig,
-        config,
-        set_,
-        model=model,
-        requests=requests,
-        limit=limit,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    result = run_patching(cfg, out, probes=probes, overwrite=overwrite, progress=not quiet)
+    cfg = flags.config_of(PatchRunConfig)
+    result = PatchingRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(out, probes=probes)
     if plots:
-        defined = result["normalization"] == "defined"
-        for direction in ("denoise", "noise"):
-            if direction in result:
-                m = result[direction]["normalized" if defined else "raw"]
-                fig = plot_patching_heatmap(
-                    m,
-                    result["layers"],
-                    result["positions"],
-                    normalized=defined,
-                    title=f"{direction} (0 = paid run, 1 = free run)",
-                )
-                save_png(fig, out / f"patching_{direction}.png")
-    typer.echo(f"wrote {out / 'patching.json'}")
-    typer.echo(result["note"])
+        for name, fig in patching_heatmaps(result).items():
+            fig.savefig(out / f"patching_{name}.png", dpi=120)
+    typer.echo(f"wrote {out / PATCHING_FILE}")
+    for line in ((result.get("directions") or {}).get("note"), result["note"]):
+        if line:
+            typer.echo(line)

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from afprobe.cli._app import app
+from afprobe.pipeline import render_run_report
 
 
 @app.command("report")
@@ -15,8 +16,6 @@ def report(
     run_dir: Annotated[Path, typer.Argument(help="A directory written by `afprobe run`.")],
 ) -> None:
     """Re-render the report of a run from the stages' outputs on disk (no model is loaded)."""
-    from afprobe.experiments._pipeline import render_run_report
-
     summary = render_run_report(run_dir)
     typer.echo(f"verdict: {summary['verdict']}")
     typer.echo(f"report: {run_dir / 'report.html'}")

@@ -2,70 +2,47 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from afprobe._errors import AfprobeError
-from afprobe.cli._app import (
-    ConfigOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LimitOpt,
-    ModelOpt,
-    QuietOpt,
-    RequestsOpt,
-    SeedOpt,
-    SetOpt,
-    app,
-    shared_overrides,
-)
+from afprobe import AfprobeError
+from afprobe.cli._app import Flags, app, shared_flags
+from afprobe.pipeline import load_run_config, run_pipeline, shipped_configs
 
 ConfigArg = Annotated[
     str | None,
     typer.Argument(
         metavar="[CONFIG]",
-        help="A shipped config (default, llama-3.1-8b-instruct, qwen2.5-7b-instruct, llama-3.1-70b-instruct) "
-        "or a YAML file. Default: default.",
+        help=f"A shipped config ({', '.join(shipped_configs())}) or a YAML file. Default: default.",
         show_default=False,
     ),
 ]
 
 
 @app.command("run")
+@shared_flags("config", "set_", "model", "requests", "limit", "device", "dtype", "seed", "quiet")
 def run(
+    flags: Flags,
     config_name: ConfigArg = None,
     out: Annotated[Path, typer.Option("--out", help="Run directory, e.g. runs/default.")] = Path(
         "runs/default"
     ),
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    model: ModelOpt = None,
-    requests: RequestsOpt = None,
-    limit: LimitOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    quiet: QuietOpt = False,
 ) -> None:
     """Scenarios -> cache -> probes -> compliance -> steering -> patching -> report, under one progress display.
 
     Each stage is keyed by a hash of its inputs: a re-run reuses what has not changed and an interrupted run
     resumes. Writes DIR/summary.json, DIR/results/*.csv and DIR/report.html.
     """
-    from afprobe.experiments._pipeline import load_run_config, run_pipeline
-
-    if config_name is not None and config is not None:
+    if config_name is not None and flags.config is not None:
         raise AfprobeError("give the config once: as the CONFIG argument or as --config, not both")
-    spec = config if config is not None else config_name
-    if quiet:
+    spec = flags.config if flags.config is not None else config_name
+    if flags.quiet:
         _quiet_libraries()
-    flags = shared_overrides(
-        model=model, requests=requests, limit=limit, device=device, dtype=dtype, seed=seed
-    )
-    cfg = load_run_config(spec, [*flags, *(set_ or [])])
-    result = run_pipeline(cfg, out, progress=not quiet, log=None if not quiet else (lambda _msg: None))
+    cfg = load_run_config(spec, [*flags.overrides(), *(flags.set_ or [])])
+    result = run_pipeline(cfg, out, progress=flags.progress, log=(lambda _msg: None) if flags.quiet else None)
     summary = result.summary or {}
     ran = [r.stage for r in result.records if r.status == "ran"]
     reused = [r.stage for r in result.records if r.status == "reused"]
@@ -79,8 +56,6 @@ def run(
 
 def _quiet_libraries() -> None:
     """No third-party progress bars either (model loading, GGUF conversion) under ``--quiet``."""
-    import os
-
     os.environ["TQDM_DISABLE"] = "1"
     from transformers.utils import logging as hf_logging
 

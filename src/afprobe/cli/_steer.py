@@ -3,25 +3,26 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import Annotated
 
 import typer
 
-from afprobe.cli._app import (
-    ConfigOpt,
-    DeviceOpt,
-    DtypeOpt,
-    LimitOpt,
-    ModelOpt,
-    OverwriteOpt,
-    QuietOpt,
-    RequestsOpt,
-    SeedOpt,
-    SetOpt,
-    app,
-    build_config,
-)
+from afprobe.cli._app import Flags, app, shared_flags
+from afprobe.experiments import COMPLIANCE_FILE, STEERING_FILE, SteeringRunner, SteerRunConfig
+from afprobe.report import plot_compliance_gap, plot_dose_response, read_stage
 
+CAUSAL_FLAGS = (
+    "config",
+    "set_",
+    "model",
+    "requests",
+    "limit",
+    "device",
+    "dtype",
+    "seed",
+    "overwrite",
+    "quiet",
+)
 ProbesOpt = Annotated[
     Path | None,
     typer.Option(
@@ -29,51 +30,27 @@ ProbesOpt = Annotated[
         help="Output directory of `afprobe probe` (its directions); without it, in-sample mean differences.",
     ),
 ]
-if TYPE_CHECKING:
-    from matplotlib.figure import Figure
-
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Also save the figures as PNG files.")]
 
 
 @app.command("steer")
+@shared_flags(*CAUSAL_FLAGS)
 def steer(
     out: Annotated[Path, typer.Option("--out", help="Output directory, e.g. runs/x/steering.")],
+    flags: Flags,
     probes: ProbesOpt = None,
-    config: ConfigOpt = None,
-    set_: SetOpt = None,
-    model: ModelOpt = None,
-    requests: RequestsOpt = None,
-    limit: LimitOpt = None,
-    device: DeviceOpt = None,
-    dtype: DtypeOpt = None,
-    seed: SeedOpt = None,
-    overwrite: OverwriteOpt = False,
-    quiet: QuietOpt = False,
     plots: PlotsOpt = True,
 ) -> None:
     """Steer along the probe direction (layers x alphas, both tiers, random band, ablation), against the gap."""
-    from afprobe.experiments import SteerRunConfig, plot_compliance_gap, plot_dose_response, run_steering
-    from afprobe.experiments._io import read_json
-
-    cfg = build_config(
-        SteerRunConfig,
-        config,
-        set_,
-        model=model,
-        requests=requests,
-        limit=limit,
-        device=device,
-        dtype=dtype,
-        seed=seed,
-    )
-    result = run_steering(cfg, out, probes=probes, overwrite=overwrite, progress=not quiet)
+    cfg = flags.config_of(SteerRunConfig)
+    result = SteeringRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(out, probes=probes)
     if plots:
-        save_png(plot_dose_response(result), out / "steering_dose_response.png")
-        comp = read_json(out / "compliance.json")
-        save_png(plot_compliance_gap(comp, metric="logit", by="system_prompt"), out / "compliance_gap.png")
-    typer.echo(f"wrote {out / 'steering.json'}")
-    typer.echo(result["note"])
-
-
-def save_png(fig: Figure, path: Path) -> None:
-    fig.savefig(path, dpi=120)
+        plot_dose_response(result).savefig(out / "steering_dose_response.png", dpi=120)
+        comp = read_stage({"compliance": out / COMPLIANCE_FILE}, "compliance") or {}
+        plot_compliance_gap(comp, metric="logit", by="system_prompt").savefig(
+            out / "compliance_gap.png", dpi=120
+        )
+    typer.echo(f"wrote {out / STEERING_FILE}")
+    for line in (result["directions"].get("note"), result["note"]):
+        if line:
+            typer.echo(line)

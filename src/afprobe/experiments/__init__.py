@@ -1,15 +1,17 @@
 """Causal tests: does the probe's "training" direction drive the model's free-vs-paid compliance gap?
 
-- compliance: the teacher-forced logit metric, generated responses with a swappable classifier, the gap with a
-  bootstrap CI over requests, broken down by system prompt (``neutral`` is the control) and cue format;
-- steering: layers × alphas on both tiers, directional ablation, matched-norm random directions, effects as
-  fractions of the natural gap; several settings per forward pass;
-- patching: denoising / noising per layer × position and per token around the cue, subspace patching along the
-  direction, attribution patching with its rank correlation to exact patching;
-- plots: dose-response, patching heatmaps, compliance-gap bars.
+One intervention layer under every experiment: the prompts built and tokenized once (:class:`Subject`), scored
+teacher-forced under any number of edits stacked into one pass (:func:`score_settings`); then one runner per
+experiment, each ``Runner(cfg).run(out, subject=...)`` like the cache and probe runners:
 
-``run_steering(cfg, out_dir)`` and ``run_patching(cfg, out_dir)`` are what ``afprobe steer`` and ``afprobe patch``
-call.
+- :class:`ComplianceRunner`: the logit metric, generated responses with a swappable classifier, the gap with a
+  bootstrap CI over requests, broken down by system prompt (``neutral`` is the control) and cue format;
+- :class:`SteeringRunner`: layers × alphas on both tiers, directional ablation, matched-norm random directions,
+  effects as fractions of the natural gap;
+- :class:`PatchingRunner`: denoising / noising per layer × position and per token around the cue, subspace
+  patching along the direction, attribution patching with its rank correlation to exact patching.
+
+Their plots live in :mod:`afprobe.report`.
 """
 
 from afprobe.experiments._attribution import attribution_matrix, attribution_patching
@@ -28,8 +30,10 @@ from afprobe.experiments._compliance import (
     register_classifier,
     summarize_compliance,
 )
+from afprobe.experiments._compliance_runner import COMPLIANCE_FILE, ComplianceRunner
 from afprobe.experiments._config import (
     ComplianceConfig,
+    ComplianceRunConfig,
     PatchingConfig,
     PatchRunConfig,
     SteeringConfig,
@@ -38,13 +42,13 @@ from afprobe.experiments._config import (
 from afprobe.experiments._directions import (
     Directions,
     as_directions,
+    best_probe_layer,
     load_probe_directions,
     mean_difference_directions,
     random_unit_vectors,
+    resolve_directions,
+    unit_directions,
 )
-from afprobe.experiments._generate import GenerationEdit, generate, stop_token_ids
-from afprobe.experiments._io import read_json
-from afprobe.experiments._patch_runner import PATCHING_FILE, run_patching
 from afprobe.experiments._patching import (
     PatchGrid,
     PatchSetting,
@@ -54,32 +58,10 @@ from afprobe.experiments._patching import (
     normalized,
     window_sites,
 )
-from afprobe.experiments._pipeline import (
-    STAGES,
-    Pipeline,
-    PipelineResult,
-    RunConfig,
-    StageRecord,
-    load_run_config,
-    render_run_report,
-    run_pipeline,
-    shipped_configs,
-)
-from afprobe.experiments._plots import plot_compliance_gap, plot_dose_response, plot_patching_heatmap
-from afprobe.experiments._resid import median_norms, read_named
-from afprobe.experiments._runners import COMPLIANCE_FILE, STEERING_FILE, run_steering
-from afprobe.experiments._scoring import (
-    RowBatch,
-    ScoredPrompt,
-    Scores,
-    continuation_ids,
-    make_row_batch,
-    no_edit,
-    prepare_prompts,
-    score_settings,
-    stack_edits,
-)
-from afprobe.experiments._stats import bootstrap_mean, bootstrap_ratio, spearman
+from afprobe.experiments._patching_runner import PATCHING_FILE, PatchingRunner
+from afprobe.experiments._reads import median_norms, read_named
+from afprobe.experiments._rows import RowBatch, make_row_batch
+from afprobe.experiments._scoring import Scores, Setting, no_edit, score_settings
 from afprobe.experiments._steering import (
     SteerSetting,
     SweepResult,
@@ -87,78 +69,77 @@ from afprobe.experiments._steering import (
     summarize_sweep,
     sweep_settings,
 )
+from afprobe.experiments._steering_runner import STEERING_FILE, SteeringRunner, choose_layers
+from afprobe.experiments._subject import (
+    ScoredPrompt,
+    Subject,
+    build_subject,
+    continuation_ids,
+    make_subject,
+    prepare_prompts,
+)
 
 __all__ = [
     "CLASSIFIERS",
     "COMPLIANCE_FILE",
     "PATCHING_FILE",
     "REFUSAL_PHRASES",
-    "STAGES",
     "STEERING_FILE",
     "VERDICTS",
     "ComplianceConfig",
     "ComplianceResult",
+    "ComplianceRunConfig",
+    "ComplianceRunner",
     "Directions",
-    "GenerationEdit",
     "PatchGrid",
     "PatchRunConfig",
     "PatchSetting",
     "PatchStore",
     "PatchingConfig",
-    "Pipeline",
-    "PipelineResult",
+    "PatchingRunner",
     "PrefixClassifier",
     "ResponseClassifier",
     "RowBatch",
-    "RunConfig",
     "ScoredPrompt",
     "Scores",
-    "StageRecord",
+    "Setting",
     "SteerRunConfig",
     "SteerSetting",
     "SteeringConfig",
+    "SteeringRunner",
+    "Subject",
     "SweepResult",
     "as_directions",
     "attribution_matrix",
     "attribution_patching",
-    "bootstrap_mean",
-    "bootstrap_ratio",
+    "best_probe_layer",
+    "build_subject",
+    "choose_layers",
     "collect",
     "continuation_ids",
     "exact_patching",
     "gap_summary",
-    "generate",
     "get_classifier",
     "load_probe_directions",
-    "load_run_config",
     "logit_scores",
     "make_row_batch",
+    "make_subject",
     "mean_difference_directions",
     "measure_compliance",
     "median_norms",
     "no_edit",
     "normalized",
     "pair_indices",
-    "plot_compliance_gap",
-    "plot_dose_response",
-    "plot_patching_heatmap",
     "prepare_prompts",
     "random_unit_vectors",
-    "read_json",
     "read_named",
     "register_classifier",
-    "render_run_report",
-    "run_patching",
-    "run_pipeline",
-    "run_steering",
+    "resolve_directions",
     "run_sweep",
     "score_settings",
-    "shipped_configs",
-    "spearman",
-    "stack_edits",
-    "stop_token_ids",
     "summarize_compliance",
     "summarize_sweep",
     "sweep_settings",
+    "unit_directions",
     "window_sites",
 ]

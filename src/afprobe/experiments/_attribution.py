@@ -14,7 +14,8 @@ import torch
 
 from afprobe._progress import progress_bar
 from afprobe.experiments._patching import SPAN, Direction, PatchStore
-from afprobe.experiments._scoring import continuation_logprobs, make_row_batch
+from afprobe.experiments._rows import make_row_batch
+from afprobe.experiments._scoring import continuation_logprobs
 from afprobe.models import Backend, Edit
 
 

@@ -17,11 +17,11 @@ from typing import Any, Protocol
 import numpy as np
 
 from afprobe._errors import AfprobeError
+from afprobe._stats import MIN_REQUESTS, bootstrap_mean, finite_or_none, gap_status
 from afprobe.experiments._config import ComplianceConfig
-from afprobe.experiments._generate import generate
-from afprobe.experiments._scoring import ScoredPrompt, no_edit, score_settings
-from afprobe.experiments._stats import MIN_REQUESTS, bootstrap_mean, finite_or_none, gap_status
-from afprobe.models import Backend
+from afprobe.experiments._scoring import no_edit, score_settings
+from afprobe.experiments._subject import ScoredPrompt
+from afprobe.models import Backend, generate
 from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, Prompt
 
 VERDICTS: tuple[str, str, str] = ("accepted", "rejected", "unclear")

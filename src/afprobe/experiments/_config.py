@@ -7,11 +7,8 @@ from typing import Literal
 from pydantic import Field, field_validator
 
 from afprobe.config import StrictModel
-from afprobe.models import ModelConfig
-from afprobe.scenarios import POSITION_NAMES, ScenarioConfig
-
-SteerPositions = Literal["all", "from_cue", "generated"]
-Backend = Literal["nnsight", "transformer_lens", "hooks"]
+from afprobe.models import ModelConfig, check_backend
+from afprobe.scenarios import POSITION_NAMES, EditStart, ScenarioConfig, harmful_scenario
 
 
 class ComplianceConfig(StrictModel):
@@ -37,14 +34,15 @@ class SteeringConfig(StrictModel):
     """Steering sweep: ``layers`` × ``alphas``, each on both tiers, with ``n_random`` matched random directions.
 
     The added vector is ``alpha · unit direction · median residual norm`` at that layer (median over prompts and
-    the steered positions). ``positions``: ``all`` tokens, ``from_cue`` (the tier value and everything after it),
-    or ``generated`` (the last prompt token, where the response starts, and every response token).
+    the steered positions). ``edit_start``: where the edit starts (it then covers every later token): ``all``
+    tokens, ``from_cue`` (the tier value and everything after it), or ``generated`` (the last prompt token, where
+    the response starts, and every response token). ``backend``: run the sweep on another registered backend.
     ``layers: auto`` takes up to ``n_auto_layers`` evenly spaced layers that have a direction."""
 
     layers: Literal["auto"] | list[int] = "auto"
     n_auto_layers: int = Field(default=5, ge=1)
     alphas: list[float] = [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0]
-    positions: SteerPositions = "from_cue"
+    edit_start: EditStart = "from_cue"
     n_random: int = Field(default=8, ge=8)
     ablate: bool = True
     direction_position: str = "last"
@@ -53,7 +51,9 @@ class SteeringConfig(StrictModel):
     max_rows: int = Field(default=64, ge=2)
     share_prefix: bool = True
     generate: bool = False
-    backend: Backend | None = None
+    backend: str | None = None
+
+    _check_backend = field_validator("backend")(check_backend)
 
     @field_validator("alphas")
     @classmethod
@@ -89,7 +89,9 @@ class PatchingConfig(StrictModel):
     max_rows: int = Field(default=64, ge=2)
     share_prefix: bool = True
     min_gap: float = Field(default=0.05, ge=0)
-    backend: Backend | None = None
+    backend: str | None = None
+
+    _check_backend = field_validator("backend")(check_backend)
 
     @field_validator("positions")
     @classmethod
@@ -102,15 +104,20 @@ class PatchingConfig(StrictModel):
         return v
 
 
-def _harmful_scenario() -> ScenarioConfig:
-    return ScenarioConfig(harmful=True)
+class ComplianceRunConfig(StrictModel):
+    """Everything the compliance stage needs when run alone."""
+
+    model: ModelConfig = ModelConfig()
+    scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
+    compliance: ComplianceConfig = ComplianceConfig()
+    seed: int = 0
 
 
 class SteerRunConfig(StrictModel):
     """Everything ``afprobe steer`` needs (compliance is measured first: steering is stated against its gap)."""
 
     model: ModelConfig = ModelConfig()
-    scenario: ScenarioConfig = Field(default_factory=_harmful_scenario)
+    scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
     compliance: ComplianceConfig = ComplianceConfig()
     steering: SteeringConfig = SteeringConfig()
     seed: int = 0
@@ -120,7 +127,7 @@ class PatchRunConfig(StrictModel):
     """Everything ``afprobe patch`` needs."""
 
     model: ModelConfig = ModelConfig()
-    scenario: ScenarioConfig = Field(default_factory=_harmful_scenario)
+    scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
     compliance: ComplianceConfig = ComplianceConfig(generate=False)
     patching: PatchingConfig = PatchingConfig()
     seed: int = 0

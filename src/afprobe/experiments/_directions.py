@@ -6,7 +6,7 @@ Sign convention (as in :mod:`afprobe.probes`): ``+direction`` points toward "tra
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,24 +16,36 @@ from jaxtyping import Float
 from torch import Tensor
 
 from afprobe._errors import AfprobeError
-from afprobe.experiments._resid import read_named
-from afprobe.experiments._scoring import ScoredPrompt
+from afprobe.experiments._reads import read_named
+from afprobe.experiments._subject import ScoredPrompt, Subject
 from afprobe.models import Backend, LoadedModel
 
 
 @dataclass
 class Directions:
-    """One unit float32 vector per layer, all read at the same named ``position``."""
+    """One unit float32 vector per layer, all read at the same named ``position``. ``skipped``: layers whose
+    direction was zero or not finite and so left out (e.g. the embedding output at a position whose token is the
+    same on both tiers), with ``note`` saying so."""
 
     vectors: dict[int, Tensor]
     position: str
     source: str
     best_layer: int | None = None
     probe: str | None = None
+    skipped: list[int] = field(default_factory=list)
 
     @property
     def layers(self) -> list[int]:
         return sorted(self.vectors)
+
+    @property
+    def note(self) -> str:
+        if not self.skipped:
+            return ""
+        return (
+            f"layers {self.skipped} have a zero direction at {self.position!r} (both tiers' activations are "
+            "identical there) and are left out"
+        )
 
     def __getitem__(self, layer: int) -> Tensor:
         if layer not in self.vectors:
@@ -46,17 +58,33 @@ class Directions:
             "position": self.position,
             "probe": self.probe,
             "layers": self.layers,
+            "skipped_layers": self.skipped,
+            "note": self.note,
             "best_layer": self.best_layer,
             "sign": "+direction points toward 'training' (free tier)",
         }
 
 
-def _unit(v: Tensor) -> Tensor:
+def _unit(v: Tensor) -> Tensor | None:
+    """``v`` as a unit float32 CPU vector, or None when its norm is zero or not finite."""
     v = v.detach().to("cpu", torch.float32)
     n = v.norm()
     if not torch.isfinite(n) or n == 0:
-        raise AfprobeError("a direction has zero or non-finite norm")
+        return None
     return v / n
+
+
+def unit_directions(vectors: dict[int, Tensor], position: str, source: str, **kw: Any) -> Directions:
+    """:class:`Directions` from raw per-layer vectors: each normalized, zero or non-finite ones skipped (with a
+    note); an error when none is left."""
+    units = {int(k): _unit(torch.as_tensor(v)) for k, v in vectors.items()}
+    kept = {k: u for k, u in units.items() if u is not None}
+    if not kept:
+        raise AfprobeError(
+            f"no usable direction at position {position!r}: every one has zero or non-finite norm"
+        )
+    skipped = sorted(k for k, u in units.items() if u is None)
+    return Directions(kept, position, source, skipped=skipped, **kw)
 
 
 def as_directions(
@@ -65,14 +93,34 @@ def as_directions(
     """Accept a :class:`Directions` or a plain ``{layer: vector}`` dict (vectors are normalized)."""
     if isinstance(obj, Directions):
         return obj
-    return Directions({int(k): _unit(torch.as_tensor(v)) for k, v in obj.items()}, position, source)
+    return unit_directions(obj, position, source)
+
+
+def resolve_directions(
+    s: Subject,
+    directions: Directions | dict[int, Tensor] | None,
+    probes: str | Path | None,
+    position: str,
+    probe: str | None,
+    batch_size: int,
+) -> Directions:
+    """Given directions, else ``afprobe probe``'s output in ``probes``, else in-sample mean differences."""
+    if directions is not None:
+        return as_directions(directions, position)
+    if probes is not None:
+        return load_probe_directions(probes, s.lm, position=position, probe=probe)
+    return mean_difference_directions(
+        s.backend, s.items, list(range(s.lm.n_layers + 1)), position, batch_size=batch_size
+    )
 
 
 def load_probe_directions(
     path: str | Path, lm: LoadedModel, *, position: str = "last", probe: str | None = None
 ) -> Directions:
-    """Directions from ``afprobe probe``'s output directory, checked against ``lm``; ``best_layer`` comes from its
-    ``probe_results.json`` (the best layer at ``position``) when present."""
+    """The one loader of ``afprobe probe``'s directions (the CLI's ``--probes DIR`` and ``afprobe run`` both use
+    it), checked against ``lm``. Layers whose direction is zero are skipped with a note. ``best_layer``: the probe
+    results' headline layer when it is at ``position`` for this probe and has a direction, else the layer with
+    the highest AUROC at ``position`` for this probe among those with a direction."""
     from afprobe.probes import load_directions, read_probe_results
 
     dirs = load_directions(path)
@@ -80,28 +128,36 @@ def load_probe_directions(
         dirs.check_model(weights_hash=lm.weights_hash, d_model=lm.d_model)
     else:
         dirs.check_model(model_id=lm.model_id, d_model=lm.d_model)
-    vectors = {
-        layer: _unit(torch.from_numpy(dirs.direction(layer, position, probe))) for layer in dirs.layers
-    }
-    best = None
+    probe = probe or dirs.default_probe
+    raw = {layer: torch.from_numpy(dirs.direction(layer, position, probe)) for layer in dirs.layers}
+    out = unit_directions(raw, position, f"probes:{Path(path)}", probe=probe)
+    folder = Path(path) if Path(path).is_dir() else Path(path).parent
     try:
-        results = read_probe_results(Path(path) if Path(path).is_dir() else Path(path).parent)
+        results = read_probe_results(folder)
     except AfprobeError:
         results = {}
+    out.best_layer = best_probe_layer(results, position, probe, out.layers)
+    return out
+
+
+def best_probe_layer(results: dict[str, Any], position: str, probe: str, layers: Sequence[int]) -> int | None:
+    """The best-layer rule (see :func:`load_probe_directions`)."""
     headline = results.get("best") or {}
-    if headline.get("position") == position:
-        best = int(headline["layer"])
-    else:
-        rows = [
-            r
-            for r in results.get("per_layer", [])
-            if r.get("position") == position
-            and r.get("probe") == (probe or dirs.default_probe)
-            and r.get("auroc") is not None
-        ]
-        if rows:
-            best = int(max(rows, key=lambda r: r["auroc"])["layer"])
-    return Directions(vectors, position, f"probes:{Path(path)}", best, probe or dirs.default_probe)
+    if (
+        headline.get("position") == position
+        and headline.get("probe", probe) == probe
+        and headline.get("layer") in layers
+    ):
+        return int(headline["layer"])
+    rows = [
+        r
+        for r in results.get("per_layer", [])
+        if r.get("position") == position
+        and r.get("probe") == probe
+        and r.get("layer") in layers
+        and r.get("auroc") is not None
+    ]
+    return int(max(rows, key=lambda r: (r["auroc"], -r["layer"]))["layer"]) if rows else None
 
 
 def mean_difference_directions(
@@ -121,13 +177,11 @@ def mean_difference_directions(
     if free.all() or not free.any():
         raise AfprobeError("mean-difference directions need prompts of both tiers")
     diff = h[free].mean(0) - h[~free].mean(0)
-    vectors = {}
-    for li, layer in enumerate(layers):
-        if diff[li].norm() > 0:
-            vectors[layer] = _unit(diff[li])
-    if not vectors:
+    if not any(_unit(d) is not None for d in diff):
         raise AfprobeError("free and paid prompts have identical residual streams at every layer")
-    return Directions(vectors, position, "mean_difference (in-sample)")
+    return unit_directions(
+        {layer: diff[li] for li, layer in enumerate(layers)}, position, "mean_difference (in-sample)"
+    )
 
 
 def random_unit_vectors(n: int, d: int, seed: int) -> Float[Tensor, "n d"]:

@@ -23,8 +23,10 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from afprobe.experiments._resid import prompt_batches
-from afprobe.experiments._scoring import RowBatch, ScoredPrompt, score_settings
+from afprobe.experiments._reads import prompt_batches
+from afprobe.experiments._rows import RowBatch
+from afprobe.experiments._scoring import score_settings
+from afprobe.experiments._subject import ScoredPrompt
 from afprobe.models import Backend, Edit
 
 SPAN = "from_cue"

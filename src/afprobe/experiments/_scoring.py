@@ -1,20 +1,19 @@
 """The engine under every experiment: teacher-forced log-probabilities of the accept and reject prefixes, under
 any number of interventions ("settings"), several settings stacked into one forward pass.
 
-A batch of ``B`` prompts becomes ``2B`` rows: row ``2i`` is prompt ``i`` followed by the accept tag, row ``2i + 1``
-the same prompt followed by the reject tag (each tag tokenized in context). A *setting* is a function of that
-:class:`RowBatch` returning the :class:`~afprobe.models.Edit` s to apply; :func:`score_settings` stacks up to
-``max_rows`` rows of settings into one pass, each block of rows carrying its own edits (:func:`stack_edits`), and,
-when every edit starts after some token ``s``, runs the unedited prefix ``[0, s)`` once and shares its KV cache.
+A batch of ``B`` prompts becomes ``2B`` rows (:class:`~afprobe.experiments.RowBatch`). A *setting* is a function
+of that batch returning the :class:`~afprobe.models.Edit` s to apply; :func:`score_settings` stacks up to
+``max_rows`` rows of settings into one pass, each block of rows carrying its own edits
+(:func:`afprobe.models.stack_edits`), and, when every edit starts after some token ``s``, runs the unedited prefix
+``[0, s)`` once and shares its KV cache.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,133 +22,9 @@ from rich.progress import Progress
 from torch import Tensor
 
 from afprobe._progress import progress_bar
-from afprobe.models import Backend, Edit
-from afprobe.models._backends import fan_out_start
-from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, Prompt, TokenizedPrompt
-
-PositionMode = Literal["all", "from_cue", "generated"]
-
-
-@dataclass(frozen=True)
-class ScoredPrompt:
-    """A tokenized prompt with the token ids of the accept and reject prefixes that follow it."""
-
-    tok: TokenizedPrompt
-    accept: tuple[int, ...]
-    reject: tuple[int, ...]
-
-    @property
-    def prompt(self) -> Prompt:
-        return self.tok.prompt
-
-    @property
-    def length(self) -> int:
-        return len(self.tok.input_ids)
-
-
-def continuation_ids(tokenizer: Any, tok: TokenizedPrompt, tag: str) -> list[int]:
-    """The tokens of ``tag`` when it follows the prompt: the prompt text and the tag are tokenized together, so
-    a merge across the boundary or a context-dependent split is what the model would really see."""
-    base = tokenizer(tok.text, add_special_tokens=False)["input_ids"]
-    full = tokenizer(tok.text + tag, add_special_tokens=False)["input_ids"]
-    if list(full[: len(base)]) == list(base) and len(full) > len(base):
-        return list(full[len(base) :])
-    return list(tokenizer(tag, add_special_tokens=False)["input_ids"])  # the boundary merged: tag on its own
-
-
-def prepare_prompts(
-    tokenizer: Any, toks: Sequence[TokenizedPrompt], accept: str = ACCEPT_TAG, reject: str = REJECT_TAG
-) -> list[ScoredPrompt]:
-    """Attach the in-context accept and reject token ids to every tokenized prompt."""
-    return [
-        ScoredPrompt(
-            t, tuple(continuation_ids(tokenizer, t, accept)), tuple(continuation_ids(tokenizer, t, reject))
-        )
-        for t in toks
-    ]
-
-
-@dataclass
-class RowBatch:
-    """``B`` prompts as ``2B`` right-padded rows (accept, reject, accept, reject, ...)."""
-
-    indices: list[int]
-    items: list[ScoredPrompt]
-    input_ids: Int[Tensor, "rows seq"]
-    attention_mask: Int[Tensor, "rows seq"]
-    prompt_len: Tensor
-    total_len: Tensor
-    named: dict[str, Tensor]
-    row_prompt: Tensor
-    logit_positions: Int[Tensor, "rows k"]
-    targets: Int[Tensor, "rows k"]
-    target_mask: Bool[Tensor, "rows k"]
-
-    @property
-    def n_rows(self) -> int:
-        return int(self.input_ids.shape[0])
-
-    @property
-    def seq_len(self) -> int:
-        return int(self.input_ids.shape[1])
-
-    def mask(self, mode: PositionMode) -> Bool[Tensor, "rows seq"]:
-        """Where a steering edit applies: ``all`` real tokens, ``from_cue`` on, or ``generated`` (from the last
-        prompt token, where the response starts)."""
-        cols = torch.arange(self.seq_len)[None, :]
-        start = {
-            "all": torch.zeros_like(self.prompt_len),
-            "from_cue": self.named["cue"],
-            "generated": self.prompt_len - 1,
-        }[mode]
-        return (cols >= start[:, None]) & (cols < self.total_len[:, None])
-
-    def per_row(self, x: Tensor) -> Tensor:
-        """Expand a per-prompt tensor ``[B, ...]`` to the rows ``[2B, ...]``."""
-        return x[self.row_prompt]
-
-
-def make_row_batch(items: Sequence[ScoredPrompt], indices: Sequence[int], pad_id: int) -> RowBatch:
-    chosen = [items[i] for i in indices]
-    seqs: list[list[int]] = []
-    prompt_len, conts = [], []
-    for it in chosen:
-        for cont in (it.accept, it.reject):
-            seqs.append([*it.tok.input_ids, *cont])
-            prompt_len.append(it.length)
-            conts.append(list(cont))
-    width = max(len(s) for s in seqs)
-    n = len(seqs)
-    ids = torch.full((n, width), pad_id, dtype=torch.long)
-    mask = torch.zeros((n, width), dtype=torch.long)
-    for r, s in enumerate(seqs):
-        ids[r, : len(s)] = torch.tensor(s)
-        mask[r, : len(s)] = 1
-    k = max(len(c) for c in conts)
-    plen = torch.tensor(prompt_len)
-    lpos = plen[:, None] - 1 + torch.arange(k)[None, :]
-    cont_len = torch.tensor([len(c) for c in conts])
-    tmask = torch.arange(k)[None, :] < cont_len[:, None]
-    lpos = torch.where(tmask, lpos, plen[:, None] - 1)
-    targets = torch.zeros((n, k), dtype=torch.long)
-    for r, c in enumerate(conts):
-        targets[r, : len(c)] = torch.tensor(c)
-    names = chosen[0].tok.positions.keys()
-    named = {p: torch.tensor([it.tok.positions[p] for it in chosen for _ in (0, 1)]) for p in names}
-    return RowBatch(
-        indices=list(indices),
-        items=chosen,
-        input_ids=ids,
-        attention_mask=mask,
-        prompt_len=plen,
-        total_len=plen + cont_len,
-        named=named,
-        row_prompt=torch.arange(len(chosen)).repeat_interleave(2),
-        logit_positions=lpos,
-        targets=targets,
-        target_mask=tmask,
-    )
-
+from afprobe.experiments._rows import RowBatch, make_row_batch
+from afprobe.experiments._subject import ScoredPrompt
+from afprobe.models import Backend, Edit, fan_out_start, first_edited, stack_edits
 
 Setting = Callable[[RowBatch], Sequence[Edit]]
 
@@ -170,79 +45,6 @@ class Scores:
     def metric(self) -> Float[np.ndarray, "setting prompt"]:
         """log p(accept prefix) − log p(reject prefix)."""
         return self.accept - self.reject
-
-
-def _as_mask(e: Edit, rows: int, seq_len: int) -> Tensor:
-    pos = e.positions
-    if pos is None:
-        return torch.ones(rows, seq_len, dtype=torch.bool)
-    if pos.dtype == torch.bool:
-        return pos.to("cpu")
-    m = torch.zeros(rows, seq_len, dtype=torch.bool)
-    m.scatter_(1, pos.to("cpu"), True)
-    return m
-
-
-def stack_edits(blocks: Sequence[Sequence[Edit]], rows: int, seq_len: int) -> list[Edit]:
-    """Edits for ``len(blocks)`` copies of a ``rows``-row batch stacked along the batch dimension: block ``b``'s
-    edits act on rows ``b * rows ... (b + 1) * rows - 1`` only. ``set`` edits cannot be stacked (write them as an
-    ``add`` of the difference)."""
-    slots: dict[tuple[int, str, bool, int], list[tuple[int, Edit]]] = {}
-    for b, edits in enumerate(blocks):
-        seen: Counter[tuple[int, str, bool]] = Counter()
-        for e in edits:
-            if e.op == "set":
-                raise ValueError("set edits cannot be stacked: use an add of (new - old)")
-            indexed = e.op == "add" and e.value.ndim == 3
-            key = (e.layer, e.op, indexed)
-            slots.setdefault((*key, seen[key]), []).append((b, e))
-            seen[key] += 1
-    total = len(blocks) * rows
-    out: list[Edit] = []
-    for (layer, op, indexed, _), members in slots.items():
-        d = members[0][1].value.shape[-1]
-        if not indexed:
-            value = torch.zeros(total, d)
-            mask = torch.zeros(total, seq_len, dtype=torch.bool)
-            for b, e in members:
-                v = e.value.detach().to("cpu", torch.float32)
-                value[b * rows : (b + 1) * rows] = v.expand(rows, d) if v.ndim == 1 else v
-                mask[b * rows : (b + 1) * rows] = _as_mask(e, rows, seq_len)
-            out.append(Edit(layer, op, value, mask))  # type: ignore[arg-type]
-            continue
-        k = max(int(e.value.shape[1]) for _, e in members)
-        fill = max(
-            int(e.positions.max()) for _, e in members if e.positions is not None
-        )  # keeps the prefix free
-        pos = torch.full((total, k), fill, dtype=torch.long)
-        vals = torch.zeros(total, k, d)
-        for b, e in members:
-            assert e.positions is not None
-            kk = int(e.value.shape[1])
-            pos[b * rows : (b + 1) * rows, :kk] = e.positions.to("cpu")
-            vals[b * rows : (b + 1) * rows, :kk] = e.value.detach().to("cpu", torch.float32)
-        out.append(Edit(layer, "add", vals, pos))
-    return out
-
-
-def edit_start(e: Edit, seq_len: int) -> int:
-    """The first token an edit touches (``seq_len`` if none)."""
-    if e.positions is None:
-        return 0
-    if e.positions.dtype == torch.bool:
-        cols = e.positions.any(0).nonzero()
-        return int(cols[0]) if len(cols) else seq_len
-    return int(e.positions.min()) if e.positions.numel() else seq_len
-
-
-def shift_edit(e: Edit, s: int) -> Edit:
-    """The same edit for a pass that starts at token ``s`` (the tokens before it come from a KV cache)."""
-    if s == 0:
-        return e
-    if e.positions is None:
-        raise ValueError("an edit on every position cannot skip a prefix")
-    pos = e.positions[:, s:] if e.positions.dtype == torch.bool else e.positions - s
-    return Edit(e.layer, e.op, e.value, pos)
 
 
 def select_cache(cache: Any, rows: Tensor, below: tuple[int, Tensor] | None = None) -> Any:
@@ -308,9 +110,6 @@ def score_settings(
     return Scores(acc, rej)
 
 
-CACHE_BACKENDS = ("hooks", "nnsight")  # backends with KV-cache and position_ids support
-
-
 def _score_batch(
     backend: Backend,
     batch: RowBatch,
@@ -325,7 +124,7 @@ def _score_batch(
     width = int(batch.prompt_len.max())
     staged = (
         share_prefix
-        and backend.name in CACHE_BACKENDS
+        and backend.supports_cache
         and all(_prompt_only(e, width) for block in blocks for e in block)
     )
     per_pass = max(1, max_rows // rows)
@@ -338,7 +137,7 @@ def _score_batch(
             out_acc[c0 : c0 + len(chunk)], out_rej[c0 : c0 + len(chunk)] = lp[..., 0], lp[..., 1]
             bar.advance(task, len(chunk))
         return out_acc, out_rej
-    first = min((edit_start(e, seq) for block in blocks for e in block), default=seq)
+    first = min((first_edited(e, seq) for block in blocks for e in block), default=seq)
     s = max(0, min(first, int(batch.prompt_len.min()) - 1))
     prefix = None
     if s > 0:  # the unedited prefix, once per prompt
@@ -374,8 +173,8 @@ def _chunks_by_layer(blocks: Sequence[Sequence[Edit]], per_pass: int, n_layers: 
 
 
 def _prompt_only(e: Edit, width: int) -> bool:
-    """Masked edits can be split between the stages; indexed ones must stay inside the prompt."""
-    if e.positions is None or e.positions.dtype == torch.bool:
+    """Masked and from-start edits can be split between the stages; indexed ones must stay inside the prompt."""
+    if e.positions is None or not e.indexed:
         return True
     return int(e.positions.max()) < width
 

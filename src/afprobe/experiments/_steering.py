@@ -15,14 +15,16 @@ from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from torch import Tensor
 
+from afprobe._stats import bootstrap_ratio, finite_or_none
 from afprobe.experiments._compliance import pair_indices
 from afprobe.experiments._directions import random_unit_vectors
-from afprobe.experiments._scoring import PositionMode, RowBatch, ScoredPrompt, Scores, score_settings
-from afprobe.experiments._stats import bootstrap_ratio, finite_or_none
+from afprobe.experiments._rows import RowBatch
+from afprobe.experiments._scoring import Scores, score_settings
+from afprobe.experiments._subject import ScoredPrompt
 from afprobe.models import Backend, Edit
+from afprobe.scenarios import EditStart
 
 SettingKind = Literal["clean", "probe", "random", "ablate", "random_ablate"]
 
@@ -38,15 +40,15 @@ class SteerSetting:
     index: int = 0
     vector: Tensor | None = None
     scale: float = 1.0
-    mode: PositionMode = "from_cue"
+    mode: EditStart = "from_cue"
 
     def __call__(self, batch: RowBatch) -> list[Edit]:
         if self.kind == "clean" or self.vector is None:
             return []
-        mask = batch.mask(self.mode)
+        starts = batch.starts(self.mode)
         if self.kind in ("probe", "random"):
-            return [Edit(self.layer, "add", self.vector * (self.alpha * self.scale), mask)]
-        return [Edit(self.layer, "ablate", self.vector, mask)]
+            return [Edit(self.layer, "add", self.vector * (self.alpha * self.scale), starts)]
+        return [Edit(self.layer, "ablate", self.vector, starts)]
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.kind, "layer": self.layer, "alpha": self.alpha, "direction_index": self.index}
@@ -58,7 +60,7 @@ def sweep_settings(
     alphas: Sequence[float],
     norms: dict[int, float],
     *,
-    mode: PositionMode,
+    mode: EditStart,
     n_random: int,
     ablate: bool,
     seed: int,
@@ -280,7 +282,7 @@ def sweep_rows(sweep: SweepResult, gap: float | None) -> list[dict[str, Any]]:
             rows.append(
                 {
                     **s.describe(),
-                    "positions": s.mode,
+                    "edit_start": s.mode,
                     "scale": s.scale,
                     "tier": tier,
                     "system_prompt": sp,
@@ -291,16 +293,3 @@ def sweep_rows(sweep: SweepResult, gap: float | None) -> list[dict[str, Any]]:
                 }
             )
     return rows
-
-
-def identity_check(sweep: SweepResult) -> float:
-    """Largest |metric| difference between the clean run and any alpha = 0 setting (0 if there is none)."""
-    zero = [i for i, s in enumerate(sweep.settings) if s.kind in ("probe", "random") and s.alpha == 0]
-    if not zero:
-        return 0.0
-    return float(np.abs(sweep.metric[zero] - sweep.metric[0]).max())
-
-
-def stack_directions(directions: dict[int, Tensor]) -> dict[int, Tensor]:
-    """Float32 CPU unit vectors (a defensive copy)."""
-    return {k: (v / v.norm()).detach().to("cpu", torch.float32) for k, v in directions.items()}

@@ -1,57 +1,79 @@
-"""Loading chat models (alias, hub id, local directory, GGUF) and running them through one backend interface."""
+"""Loading chat models (alias, hub id, local directory, GGUF, LoRA adapter), running them through one backend
+interface (read, add to, replace or ablate the residual stream), and one generation stack on top of it."""
 
-from afprobe.models._backends import (
-    BACKENDS,
-    Backend,
+from afprobe.models._backend import Backend, RunOutput, fan_out_start, make_backend
+from afprobe.models._batching import left_pad, right_pad
+from afprobe.models._config import DTYPES, ModelConfig, resolve_dtype
+from afprobe.models._edits import (
     Edit,
-    HooksBackend,
-    NNsightBackend,
-    RunOutput,
-    TransformerLensBackend,
+    EditOp,
     apply_edit,
+    edit_mask,
+    first_edited,
     gather_positions,
-    make_backend,
+    shift_edit,
+    stack_edits,
 )
 from afprobe.models._embedded import cache_root, embedded_gguf_path, ensure_embedded
-from afprobe.models._load import (
-    LoadedModel,
-    ModelConfig,
-    decoder_layers,
-    load_model,
-    resolve_device,
-    resolve_dtype,
-    weights_fingerprint,
-    wrap_model,
+from afprobe.models._generate import Engine, generate, stop_token_ids
+from afprobe.models._load import load_model
+from afprobe.models._loaded import LoadedModel, decoder_layers, weights_fingerprint, wrap_model
+from afprobe.models._local import HooksBackend, NNsightBackend, TransformerLensBackend
+from afprobe.models._registry import (
+    BACKENDS,
+    EMBEDDED_DEFAULT,
+    MODEL_ALIASES,
+    ModelSource,
+    check_backend,
+    register_backend,
+    register_model_alias,
 )
-from afprobe.models._registry import EMBEDDED_DEFAULT, MODEL_ALIASES, ModelSource, register_model_alias
+from afprobe.models._remote import NDIFBackend
+from afprobe.models._sources import Source, resolve_source
 from afprobe.models._tiny import make_tiny_model, make_tiny_tokenizer
 
 __all__ = [
     "BACKENDS",
+    "DTYPES",
     "EMBEDDED_DEFAULT",
     "MODEL_ALIASES",
     "Backend",
     "Edit",
+    "EditOp",
+    "Engine",
     "HooksBackend",
     "LoadedModel",
     "ModelConfig",
     "ModelSource",
+    "NDIFBackend",
     "NNsightBackend",
     "RunOutput",
+    "Source",
     "TransformerLensBackend",
     "apply_edit",
     "cache_root",
+    "check_backend",
     "decoder_layers",
+    "edit_mask",
     "embedded_gguf_path",
     "ensure_embedded",
+    "fan_out_start",
+    "first_edited",
     "gather_positions",
+    "generate",
+    "left_pad",
     "load_model",
     "make_backend",
     "make_tiny_model",
     "make_tiny_tokenizer",
+    "register_backend",
     "register_model_alias",
-    "resolve_device",
     "resolve_dtype",
+    "resolve_source",
+    "right_pad",
+    "shift_edit",
+    "stack_edits",
+    "stop_token_ids",
     "weights_fingerprint",
     "wrap_model",
 ]

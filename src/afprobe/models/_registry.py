@@ -1,8 +1,11 @@
-"""Model aliases: a plain dict from a short name to where the weights come from."""
+"""The models package's registries, plain dicts: model aliases (a short name -> where the weights come from) and
+backends (a name -> the class that runs a model). Both sit at the bottom of the package: configs validate
+against them, and the modules that define backends register themselves on import."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from afprobe._errors import AfprobeError
 
@@ -60,3 +63,22 @@ for _alias, _hub in [
     register_model_alias(
         _alias, ModelSource(kind="hub", hub_id=_hub, note="Hugging Face hub (network, maybe a token)")
     )
+
+
+# --------------------------------------------------------------------------------------------- backends
+
+BACKENDS: dict[str, Any] = {}  # name -> Backend subclass (typed Any: the base class lives above this module)
+
+
+def register_backend(name: str, cls: Any) -> None:
+    """Register a :class:`~afprobe.models.Backend` subclass under ``name``; raises on a name already taken."""
+    if name in BACKENDS:
+        raise ValueError(f"backend {name!r} is already registered")
+    BACKENDS[name] = cls
+
+
+def check_backend(name: str | None) -> str | None:
+    """A config field validator: ``name`` must be a registered backend (``None``: the model's default)."""
+    if name is not None and name not in BACKENDS:
+        raise ValueError(f"unknown backend {name!r} (known: {', '.join(BACKENDS)})")
+    return name

@@ -21,8 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from afprobe._errors import AfprobeError
-from afprobe.models._backends import Backend, RunOutput, apply_edit, gather_positions
-from afprobe.models._load import DTYPES, LoadedModel, ModelConfig, _resolve_source, decoder_layers
+from afprobe.models._backend import Backend, RunOutput
+from afprobe.models._config import DTYPES, ModelConfig
+from afprobe.models._edits import apply_edit, gather_positions
+from afprobe.models._loaded import LoadedModel, decoder_layers
+from afprobe.models._registry import register_backend
+from afprobe.models._sources import resolve_source
 
 API_KEY_ENV = "NDIF_API_KEY"
 OFFLINE_ENVS = ("AFPROBE_OFFLINE", "HF_HUB_OFFLINE")
@@ -81,8 +85,9 @@ def check_remote_ready(repo_id: str) -> str:
 
 def load_remote_model(cfg: ModelConfig) -> LoadedModel:
     """A :class:`LoadedModel` whose module lives on the meta device and whose forward passes run on NDIF."""
-    where, gguf_file, source = _resolve_source(cfg.name)
-    if gguf_file:
+    src = resolve_source(cfg.name)
+    where, source = src.where, src.description
+    if src.gguf_file:
         raise AfprobeError(
             f"model.remote needs a Hugging Face hub id that NDIF serves, not a GGUF file ({cfg.name})"
         )
@@ -151,6 +156,7 @@ class NDIFBackend(Backend):
     """Runs each pass remotely through nnsight (``remote=True``): the same reads and edits as ``nnsight``."""
 
     name = "ndif"
+    remote = True
 
     def __init__(self, lm: LoadedModel):
         super().__init__(lm)
@@ -166,9 +172,9 @@ class NDIFBackend(Backend):
         self.blocks = envoy
         import nnsight
 
-        from afprobe.models import _backends
+        from afprobe.models import _edits
 
-        nnsight.register(_backends)  # the trace body calls apply_edit/gather_positions: ship their source
+        nnsight.register(_edits)  # the trace body calls apply_edit/gather_positions: ship their source
 
     def _run(self, input_ids, attention_mask, read_layers, read_positions, edits, logits, **cache):
         logit_positions = cache.pop("logit_positions", None)
@@ -192,6 +198,9 @@ class NDIFBackend(Backend):
         out.logits = saved.pop("logits", None)
         out.resid = {int(k): v for k, v in saved.items()}
         return out
+
+
+register_backend(NDIFBackend.name, NDIFBackend)
 
 
 def _portable(edit: Any) -> Any:

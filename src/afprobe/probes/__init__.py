@@ -1,9 +1,9 @@
 """Probes for the "this conversation is used for training" representation: estimators (scikit-learn contract),
 grouped cross-validation with controls, generalization across cue formats and system prompts, directions I/O and
-plots. ``ProbeRunner(cfg).run(activations, out_dir)`` is what ``afprobe probe`` calls."""
+plots. ``ProbeRunner(cfg).run(out, activations=path)`` is what ``afprobe probe`` calls."""
 
 from afprobe.probes._batched import BatchedLinear, fit_logistic_batched, fit_mass_mean_batched
-from afprobe.probes._config import PROBE_TYPES, ProbeConfig
+from afprobe.probes._config import PROBE_TYPES, ProbeConfig, ProbeRunConfig
 from afprobe.probes._directions import (
     SIGN_CONVENTION,
     ProbeDirections,
@@ -35,6 +35,7 @@ __all__ = [
     "MassMeanProbe",
     "ProbeConfig",
     "ProbeDirections",
+    "ProbeRunConfig",
     "ProbeRunner",
     "RequestBootstrap",
     "TorchLogisticProbe",

@@ -45,7 +45,6 @@ class ProbeConfig(StrictModel):
         default=2**27, ge=1, description="cap on problems x prompts x d_model per torch batch"
     )
     plots: bool = True
-    seed: int = 0
 
     @field_validator("probes")
     @classmethod
@@ -67,3 +66,11 @@ class ProbeConfig(StrictModel):
     @property
     def headline(self) -> str:
         return self.headline_probe or self.probes[0]
+
+
+class ProbeRunConfig(StrictModel):
+    """Everything ``afprobe probe`` needs: the ``probes`` section of a run config and the run's ``seed`` (folds,
+    label draws and bootstrap resamples all derive from it)."""
+
+    probes: ProbeConfig = ProbeConfig()
+    seed: int = 0

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
-
 import numpy as np
 
 from afprobe._errors import AfprobeError
+from afprobe._stats import request_resample_counts
 
 
 def grouped_folds(groups: np.ndarray, n_folds: int, seed: int = 0) -> np.ndarray:
@@ -114,18 +112,6 @@ def weighted_auroc(y: np.ndarray, scores: np.ndarray, weights: np.ndarray) -> np
     den = pos.sum(1) * neg.sum(1)
     with np.errstate(invalid="ignore", divide="ignore"):
         return np.where(den > 0, num / np.where(den > 0, den, 1.0), np.nan)
-
-
-def request_resample_counts(
-    groups: Sequence[Any] | np.ndarray, n: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """``(inverse, counts)``: each item's request index (requests sorted by their ids as text) and an
-    ``[n, n_requests]`` matrix of how often each request is drawn in ``n`` seeded resamples with replacement."""
-    labels, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
-    draws = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
-    counts = np.zeros((n, len(labels)))
-    np.add.at(counts, (np.arange(n)[:, None], draws), 1.0)
-    return inverse, counts
 
 
 class RequestBootstrap:

@@ -32,17 +32,17 @@ class Plan:
         return after or [p for p in self.positions if self.relation[p] == "unknown"]
 
 
-def label_sets(plan: Plan, cfg: ProbeConfig) -> list[tuple[np.ndarray, np.ndarray]]:
+def label_sets(plan: Plan, cfg: ProbeConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
     """``(labels, folds)``: the task (1 = free tier), then ``baseline_repeats`` shuffled-label draws (same folds),
     then ``baseline_repeats`` control-task draws (their own balanced request-grouped folds)."""
     k = cfg.baseline_repeats
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence([cfg.seed, 17]).spawn(2 * k)]
+    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence([seed, 17]).spawn(2 * k)]
     shuffled = [(shuffled_labels(plan.y, plan.groups, s), plan.folds) for s in seeds[:k]]
     control = [control_task(plan.groups, cfg.folds, s) for s in seeds[k:]]
     return [(plan.y, plan.folds), *shuffled, *control]
 
 
-def make_plan(reader: ActivationReader, cfg: ProbeConfig) -> Plan:
+def make_plan(reader: ActivationReader, cfg: ProbeConfig, seed: int) -> Plan:
     """Check the file against the config: positions, layers, both tiers, enough requests for the folds."""
     name = reader.path.name
     positions = list(cfg.positions) if cfg.positions is not None else list(reader.position_names)
@@ -65,7 +65,7 @@ def make_plan(reader: ActivationReader, cfg: ProbeConfig) -> Plan:
             f"{name} holds only {next(iter(tiers), 'no')}-tier prompts: probes need both tiers"
         )
     groups = np.asarray(reader.meta["request_id"]).astype(str)
-    folds = grouped_folds(groups, cfg.folds, cfg.seed)
+    folds = grouped_folds(groups, cfg.folds, seed)
     return Plan(positions, columns, layers, reader.labels, groups, folds, _relations(reader, positions))
 
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from afprobe._io import write_csv, write_json
 from afprobe.probes._directions import save_directions
-from afprobe.probes._outputs import RESULTS_FILE, staged_output_dir, write_csv, write_json
+from afprobe.probes._outputs import RESULTS_FILE, staged_output_dir
 from afprobe.probes._plots import plot_cross_format, plot_layer_curves, plot_pca, save_figure
 
 

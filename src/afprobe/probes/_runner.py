@@ -13,10 +13,10 @@ import sklearn
 import torch
 
 import afprobe
-from afprobe._errors import AfprobeError
+from afprobe._device import resolve_device
 from afprobe._progress import progress_bar
 from afprobe.activations import ActivationReader
-from afprobe.probes._config import ProbeConfig
+from afprobe.probes._config import ProbeConfig, ProbeRunConfig
 from afprobe.probes._directions import (
     ProbeDirections,
     cosine_between_layers,
@@ -40,22 +40,25 @@ CUE_NOTE = (
 
 
 class ProbeRunner:
-    """Fit every probe type at every (layer, position) with request-grouped cross-validation, and write ``DIR``."""
+    """Fit every probe type at every (layer, position) with request-grouped cross-validation, and write ``out``."""
 
-    def __init__(self, cfg: ProbeConfig | None = None, *, overwrite: bool = False, progress: bool = True):
-        self.cfg = cfg or ProbeConfig()
+    def __init__(self, cfg: ProbeRunConfig | None = None, *, progress: bool = True, overwrite: bool = False):
+        run = cfg or ProbeRunConfig()
+        self.cfg = run.probes
+        self.seed = run.seed
         self.overwrite = overwrite
         self.progress = progress
 
-    def run(self, activations: str | Path, out_dir: str | Path) -> Path:
-        out = Path(out_dir)
+    def run(self, out: str | Path, *, activations: str | Path) -> Path:
+        """Probe ``activations`` (an ``afprobe cache`` file) into the directory ``out``; return ``out``."""
+        out = Path(out)
         t0 = time.perf_counter()
         with ActivationReader(activations) as reader:
-            plan = make_plan(reader, self.cfg)
+            plan = make_plan(reader, self.cfg, self.seed)
             check_output_dir(out, self.overwrite)
             check_finite(reader, plan)
-            device = _resolve_device(self.cfg.device)
-            labels = label_sets(plan, self.cfg)
+            device = resolve_device(self.cfg.device)
+            labels = label_sets(plan, self.cfg, self.seed)
             layer_fits = self._fit_layers(reader, plan, labels, device)
             t_fit = time.perf_counter()
             results, tables, extra = self._summarize(reader, plan, labels, layer_fits, device)
@@ -95,7 +98,7 @@ class ProbeRunner:
         device: torch.device,
     ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]:
         cfg = self.cfg
-        boot = RequestBootstrap(plan.groups, cfg.bootstrap, cfg.seed + 3, cfg.ci)
+        boot = RequestBootstrap(plan.groups, cfg.bootstrap, self.seed + 3, cfg.ci)
         labels = [y for y, _ in label_sets]
         per_layer = []
         for probe, layer_fits in fits.items():
@@ -138,7 +141,7 @@ class ProbeRunner:
             model_id=reader.model_id,
             weights_hash=str(reader.attrs.get("weights_hash", "")),
             d_model=reader.d_model,
-            seed=cfg.seed,
+            seed=self.seed,
             default_probe=cfg.headline,
             extra={"source": str(reader.path.resolve())},
         )
@@ -203,7 +206,7 @@ class ProbeRunner:
             "activations_created": attrs.get("created"),
             "activations_run_key": attrs.get("run_key"),
             "config": self.cfg.model_dump(),
-            "seed": self.cfg.seed,
+            "seed": self.seed,
             "device": str(device),
             "afprobe_version": afprobe.__version__,
             "torch_version": torch.__version__,
@@ -317,22 +320,16 @@ def _pca(X: np.ndarray, meta: dict[str, np.ndarray]) -> dict[str, Any]:
     }
 
 
-def _resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise AfprobeError(f"device {device!r} asked for, but no CUDA device is available")
-    return torch.device(device)
-
-
 def run_probes(
     activations: str | Path,
     out_dir: str | Path,
     cfg: ProbeConfig | None = None,
     *,
+    seed: int = 0,
     overwrite: bool = False,
     progress: bool = False,
 ) -> dict[str, Any]:
     """Run :class:`ProbeRunner` and return the written ``probe_results.json`` as a dict."""
-    out = ProbeRunner(cfg, overwrite=overwrite, progress=progress).run(activations, out_dir)
+    run = ProbeRunConfig(probes=cfg or ProbeConfig(), seed=seed)
+    out = ProbeRunner(run, overwrite=overwrite, progress=progress).run(out_dir, activations=activations)
     return read_probe_results(out)

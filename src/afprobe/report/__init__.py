@@ -1,12 +1,19 @@
 """The report of a run: ``summary.json`` (headline numbers and a verdict computed from them), the CSV tables behind
-every figure (``results/``) and ``report.html``, one self-contained page. Everything is read from the stages'
-outputs on disk, so ``afprobe report DIR`` can redraw it at any time."""
+every figure (``results/``) and ``report.html``, one self-contained page; and the plots of the causal experiments
+(functions of their results that return a Figure). Everything is read from the finished stages' results files,
+which the pipeline hands over, so ``afprobe report DIR`` can redraw it at any time."""
 
 from afprobe.report._config import ReportConfig
 from afprobe.report._figures import ReportFigure, plot_steering_vs_random
 from afprobe.report._html import REPORT_FILE, SUMMARY_FILE, collect_figures, render_html, write_report
-from afprobe.report._setup import describe_setup, read_setup, write_setup
-from afprobe.report._summary import STAGE_FILES, build_summary, read_stage
+from afprobe.report._plots import (
+    patching_heatmaps,
+    plot_compliance_gap,
+    plot_dose_response,
+    plot_patching_heatmap,
+)
+from afprobe.report._setup import SETUP_FILE, describe_setup, write_setup
+from afprobe.report._summary import StageResults, build_summary, read_stage
 from afprobe.report._verdict import (
     DECODABLE_AUROC,
     MIN_SELECTIVITY,
@@ -25,20 +32,24 @@ __all__ = [
     "MIN_SELECTIVITY",
     "RANDOM_SDS",
     "REPORT_FILE",
-    "STAGE_FILES",
+    "SETUP_FILE",
     "SUBSPACE_MAJORITY",
     "SUMMARY_FILE",
     "TRANSFER_ACCURACY",
     "ReportConfig",
     "ReportFigure",
+    "StageResults",
     "build_summary",
     "caveats",
     "collect_figures",
     "describe_setup",
     "gap_state",
     "is_decodable",
+    "patching_heatmaps",
+    "plot_compliance_gap",
+    "plot_dose_response",
+    "plot_patching_heatmap",
     "plot_steering_vs_random",
-    "read_setup",
     "read_stage",
     "render_html",
     "steering_beyond_random",

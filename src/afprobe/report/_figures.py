@@ -13,6 +13,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from afprobe.report._plots import plot_compliance_gap, plot_dose_response, plot_patching_heatmap
+
 
 @dataclass
 class ReportFigure:
@@ -70,8 +72,6 @@ def compliance_rows(compliance: Mapping[str, Any]) -> list[dict[str, Any]]:
 
 
 def compliance_figures(compliance: Mapping[str, Any]) -> list[ReportFigure]:
-    from afprobe.experiments._plots import plot_compliance_gap
-
     rows = compliance_rows(compliance)
     out = []
     for metric, by in (("logit", "system_prompt"), ("logit", "cue_format"), ("generated", "system_prompt")):
@@ -221,8 +221,6 @@ def plot_steering_vs_random(steering: Mapping[str, Any]) -> Figure:
 
 
 def steering_figures(steering: Mapping[str, Any]) -> list[ReportFigure]:
-    from afprobe.experiments._plots import plot_dose_response
-
     if not steering.get("grid"):
         return []
     rows = steering_rows(steering)
@@ -254,8 +252,6 @@ def steering_figures(steering: Mapping[str, Any]) -> list[ReportFigure]:
 def patching_figures(patching: Mapping[str, Any]) -> list[ReportFigure]:
     """Heatmaps of ``patching.json``: denoising (and noising) per layer × named position, and per token around the
     cue; normalized (0 = paid run, 1 = free run) when the natural gap is established, else raw shifts in nats."""
-    from afprobe.experiments._plots import plot_patching_heatmap
-
     normalized = patching.get("normalization") == "defined"
     key = "normalized" if normalized else "raw"
     layers = list(patching.get("layers") or [])

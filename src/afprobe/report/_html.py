@@ -13,7 +13,7 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from afprobe._json import jsonable
+from afprobe._io import atomic_write_text, jsonable
 from afprobe.report._config import ReportConfig
 from afprobe.report._figures import (
     ReportFigure,
@@ -23,8 +23,7 @@ from afprobe.report._figures import (
     steering_figures,
     write_rows,
 )
-from afprobe.report._setup import read_setup
-from afprobe.report._summary import build_summary, read_stage
+from afprobe.report._summary import StageResults, build_summary, read_stage
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
@@ -321,17 +320,15 @@ def render_html(
 # ---------------------------------------------------------------------------------------------- writing
 
 
-def collect_figures(run_dir: str | Path, stages: Sequence[str] | None = None) -> list[ReportFigure]:
-    """Every figure the finished stages in ``run_dir`` (those in ``stages``, default all) support, in report
-    order."""
-    run_dir = Path(run_dir)
+def collect_figures(results: StageResults) -> list[ReportFigure]:
+    """Every figure the finished stages support, in report order."""
     out: list[ReportFigure] = []
-    compliance, probes = read_stage(run_dir, "compliance", stages), read_stage(run_dir, "probes", stages)
-    steering, patching = read_stage(run_dir, "steering", stages), read_stage(run_dir, "patching", stages)
+    compliance, probes = read_stage(results, "compliance"), read_stage(results, "probes")
+    steering, patching = read_stage(results, "steering"), read_stage(results, "patching")
     if compliance:
         out += compliance_figures(compliance)
     if probes:
-        out += probe_figures(probes, run_dir / "probes")
+        out += probe_figures(probes, Path(results["probes"]).parent)
     if steering:
         out += steering_figures(steering)
     if patching:
@@ -339,25 +336,16 @@ def collect_figures(run_dir: str | Path, stages: Sequence[str] | None = None) ->
     return out
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def write_results(
-    run_dir: Path, figures: Sequence[ReportFigure], stages: Sequence[str] | None = None
-) -> Path:
-    """``DIR/results/``: the table behind every figure, plus every stage's own CSV tables (``STAGE_NAME.csv``)."""
+def write_results(run_dir: Path, figures: Sequence[ReportFigure], results: StageResults) -> Path:
+    """``DIR/results/``: the table behind every figure, plus every finished stage's own CSV tables
+    (``STAGE_NAME.csv``)."""
     tmp = run_dir / f".{RESULTS_DIR}.partial"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     for f in figures:
         write_rows(tmp / f"{f.name}.csv", f.rows)
-    for stage in ("scenarios", "compliance", "probes", "steering", "patching"):
-        if stages is not None and stage not in stages:
-            continue
-        d = run_dir / stage
+    for stage, path in results.items():
+        d = Path(path).parent
         for csv_path in sorted([*d.glob("*.csv"), *(d / "results").glob("*.csv")]):
             shutil.copyfile(csv_path, tmp / f"{stage}_{csv_path.name}")
     final = run_dir / RESULTS_DIR
@@ -368,6 +356,7 @@ def write_results(
 
 def write_report(
     run_dir: str | Path,
+    results: StageResults,
     cfg: ReportConfig | None = None,
     *,
     timings: Mapping[str, float] | None = None,
@@ -375,20 +364,18 @@ def write_report(
     figures_dir: str | Path | None = None,
     description: str = "",
     config_yaml: str = "",
-    stages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Write ``results/``, ``summary.json`` and ``report.html`` into ``run_dir`` from its finished stages (the
-    two files under temporary names, renamed last) and return the summary. ``stages`` limits what is read (the
-    pipeline passes the stages of the current run, so outputs left by an older config are never mixed in);
-    ``figures_dir`` also gets each figure as a PNG."""
+    """Write ``results/``, ``summary.json`` and ``report.html`` into ``run_dir`` from the finished stages'
+    ``results`` (the two files under temporary names, renamed last) and return the summary; ``figures_dir`` also
+    gets each figure as a PNG."""
     import time
 
     t0 = time.perf_counter()
     run_dir = Path(run_dir)
     cfg = cfg or ReportConfig()
-    figures = collect_figures(run_dir, stages)
+    figures = collect_figures(results)
     pngs = [(f, figure_png(f.figure, cfg.dpi)) for f in figures]
-    write_results(run_dir, figures, stages)
+    write_results(run_dir, figures, results)
     if figures_dir is not None:
         fd = Path(figures_dir) / "figures"
         fd.mkdir(parents=True, exist_ok=True)
@@ -396,14 +383,14 @@ def write_report(
             (fd / f"{f.name}.png").write_bytes(png)
     timings = dict(timings or {})
     timings["report"] = time.perf_counter() - t0
-    summary = jsonable(build_summary(run_dir, timings=timings, reused=reused, stages=stages))
-    setup = read_setup(run_dir) if stages is None or "scenarios" in stages else None
+    summary = jsonable(build_summary(results, timings=timings, reused=reused))
+    setup = read_stage(results, "scenarios")
     title = cfg.title or f"afprobe report: {summary.get('model') or 'unknown model'}"
     html = render_html(summary, setup, pngs, title=title, description=description, config_yaml=config_yaml)
     summary["timings"]["report"] = round(time.perf_counter() - t0, 3)
     summary["timings"]["total"] = round(sum(v for k, v in summary["timings"].items() if k != "total"), 3)
-    _atomic_text(
+    atomic_write_text(
         run_dir / SUMMARY_FILE, json.dumps(summary, indent=2, allow_nan=False, ensure_ascii=False) + "\n"
     )
-    _atomic_text(run_dir / REPORT_FILE, html)
+    atomic_write_text(run_dir / REPORT_FILE, html)
     return summary

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from afprobe._errors import AfprobeError
+from afprobe._io import atomic_write_text, write_json
 from afprobe.models import LoadedModel
 from afprobe.scenarios import ScenarioConfig, TokenizedPrompt, conversation_format, template_hash
 
@@ -82,28 +83,23 @@ def write_setup(
 ) -> dict[str, Any]:
     """Write ``scenario.json`` and ``prompts.jsonl`` (one line per prompt) into ``folder``; return the former."""
     info = describe_setup(lm, toks, scenario, sample_pair)
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / PROMPTS_FILE).open("w", encoding="utf-8") as f:
-        for i, t in enumerate(toks):
-            p = t.prompt
-            row = {
-                "index": i,
-                "pair_id": p.pair_id,
-                "request_id": p.request_id,
-                "tier": p.tier,
-                "cue_format": p.cue_format,
-                "system_prompt": p.system_prompt,
-                "category": p.category,
-                "harmful": p.harmful,
-                "request": p.request.text,
-                "n_tokens": len(t.input_ids),
-                "positions": t.positions,
-            }
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
-    (folder / SETUP_FILE).write_text(json.dumps(info, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+    lines = []
+    for i, t in enumerate(toks):
+        p = t.prompt
+        row = {
+            "index": i,
+            "pair_id": p.pair_id,
+            "request_id": p.request_id,
+            "tier": p.tier,
+            "cue_format": p.cue_format,
+            "system_prompt": p.system_prompt,
+            "category": p.category,
+            "harmful": p.harmful,
+            "request": p.request.text,
+            "n_tokens": len(t.input_ids),
+            "positions": t.positions,
+        }
+        lines.append(json.dumps(row, ensure_ascii=False) + "\n")
+    atomic_write_text(folder / PROMPTS_FILE, "".join(lines))
+    write_json(folder / SETUP_FILE, info)
     return info
-
-
-def read_setup(run_dir: Path) -> dict[str, Any] | None:
-    path = Path(run_dir) / "scenarios" / SETUP_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None

@@ -13,31 +13,24 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from afprobe.report._setup import read_setup
 from afprobe.report._verdict import caveats, verdict
 
 SUMMARY_FORMAT = "afprobe.summary/1"
-STAGE_FILES = {
-    "probes": "probes/probe_results.json",
-    "compliance": "compliance/compliance.json",
-    "steering": "steering/steering.json",
-    "patching": "patching/patching.json",
-}
+StageResults = Mapping[str, Path]
+"""Stage name -> its results file, for the finished stages of one run (the pipeline's ``stage_results``): the
+report reads only these, so it never mixes in outputs left by another config and knows no file layout."""
 
 
-def read_stage(run_dir: Path, stage: str, stages: Sequence[str] | None = None) -> dict[str, Any] | None:
-    """A stage's results JSON, or None when that stage has not run (or not finished) in ``run_dir``, or is not
-    among ``stages`` (when given)."""
-    if stages is not None and stage not in stages:
+def read_stage(results: StageResults, stage: str) -> dict[str, Any] | None:
+    """A stage's results JSON, or None when that stage is not among ``results`` (not run, or not finished)."""
+    path = results.get(stage)
+    if path is None or not Path(path).is_file():
         return None
-    path = Path(run_dir) / STAGE_FILES[stage]
-    if not path.is_file():
-        return None
-    return dict(json.loads(path.read_text(encoding="utf-8")))
+    return dict(json.loads(Path(path).read_text(encoding="utf-8")))
 
 
 def _finite(x: Any) -> float | None:
@@ -145,7 +138,7 @@ def steering_summary(s: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "fraction_of_gap": s.get("fraction_of_gap"),
         "random_baseline": s.get("random_baseline"),
         "gap_usable": s.get("gap_usable"),
-        "positions": s.get("positions"),
+        "edit_start": s.get("edit_start"),
         "note": s.get("note"),
     }
 
@@ -165,16 +158,13 @@ def patching_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
 
 
 def build_summary(
-    run_dir: str | Path,
+    results: StageResults,
     *,
     timings: Mapping[str, float] | None = None,
     reused: list[str] | None = None,
-    stages: Sequence[str] | None = None,
 ) -> dict[str, Any]:
-    """Read every finished stage in ``run_dir`` (those in ``stages``, default all) and compute the summary,
-    verdict and caveats included."""
-    run_dir = Path(run_dir)
-    setup = (read_setup(run_dir) if stages is None or "scenarios" in stages else None) or {}
+    """Read every finished stage's results and compute the summary, verdict and caveats included."""
+    setup = read_stage(results, "scenarios") or {}
     model = setup.get("model") or {}
     out: dict[str, Any] = {
         "schema": SUMMARY_FORMAT,
@@ -183,10 +173,10 @@ def build_summary(
         "n_pairs": setup.get("n_pairs"),
         "n_prompts": setup.get("n_prompts"),
         "n_requests": setup.get("n_requests"),
-        "compliance": compliance_summary(read_stage(run_dir, "compliance", stages)),
-        "probes": probe_summary(read_stage(run_dir, "probes", stages)),
-        "steering": steering_summary(read_stage(run_dir, "steering", stages)),
-        "patching": patching_summary(read_stage(run_dir, "patching", stages)),
+        "compliance": compliance_summary(read_stage(results, "compliance")),
+        "probes": probe_summary(read_stage(results, "probes")),
+        "steering": steering_summary(read_stage(results, "steering")),
+        "patching": patching_summary(read_stage(results, "patching")),
     }
     out["verdict"] = verdict(out)
     out["caveats"] = caveats(out)

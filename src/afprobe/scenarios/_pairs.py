@@ -25,6 +25,11 @@ class ScenarioConfig(StrictModel):
     cue_formats: list[str] = ["tag", "sentence", "header", "json"]
 
 
+def harmful_scenario() -> ScenarioConfig:
+    """The default prompts of every run and causal command: the harmful requests only."""
+    return ScenarioConfig(harmful=True)
+
+
 @dataclass(frozen=True)
 class Prompt:
     """One conversation: a system message and a user message that carries the tier cue and the request."""

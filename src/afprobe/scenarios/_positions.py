@@ -14,7 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from afprobe._errors import AfprobeError
 from afprobe.scenarios._pairs import POSITION_NAMES, Prompt
@@ -28,6 +28,28 @@ class TokenizedPrompt:
     text: str
     input_ids: list[int]
     positions: dict[str, int]
+
+
+EditStart = Literal["all", "from_cue", "generated"]
+EDIT_STARTS: tuple[str, ...] = ("all", "from_cue", "generated")
+
+
+def edit_start(tok: TokenizedPrompt, mode: EditStart) -> int:
+    """The one rule for where a steering edit starts in a prompt (it then covers every later token, the response
+    included): ``all`` at token 0, ``from_cue`` at the ``cue`` token (the last token of the tier value),
+    ``generated`` at the last prompt token, where the response starts."""
+    if mode == "all":
+        return 0
+    if mode == "from_cue":
+        return tok.positions["cue"]
+    if mode == "generated":
+        return len(tok.input_ids) - 1
+    raise AfprobeError(f"unknown edit start {mode!r} (known: {', '.join(EDIT_STARTS)})")
+
+
+def edit_starts(toks: Sequence[TokenizedPrompt], mode: EditStart) -> list[int]:
+    """:func:`edit_start` of every prompt."""
+    return [edit_start(t, mode) for t in toks]
 
 
 def conversation_format(tokenizer: Any) -> str:

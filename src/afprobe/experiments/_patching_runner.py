@@ -1,4 +1,5 @@
-"""``run_patching``: exact, subspace and attribution patching between every pair's twins -> JSON + CSV."""
+"""``PatchingRunner``: exact, subspace and attribution patching between every pair's twins -> ``patching.json``,
+``patching.csv`` and ``patching_pairs.csv`` (the JSON file written last)."""
 
 from __future__ import annotations
 
@@ -9,46 +10,65 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
+from afprobe._io import check_out_dir, write_csv, write_json
+from afprobe._stats import finite_or_none, spearman
 from afprobe.experiments._attribution import attribution_matrix, attribution_patching
 from afprobe.experiments._compliance import gap_summary, logit_scores, pair_indices
-from afprobe.experiments._config import PatchRunConfig
-from afprobe.experiments._directions import Directions
-from afprobe.experiments._io import check_out_dir, write_csv, write_json
+from afprobe.experiments._config import PatchingConfig, PatchRunConfig
+from afprobe.experiments._directions import Directions, resolve_directions
 from afprobe.experiments._patching import (
     SPAN,
     PatchGrid,
+    PatchStore,
     collect,
     grid_matrix,
     pair_rows,
     run_exact,
     window_sites,
 )
-from afprobe.experiments._runners import model_meta, resolve_directions, setup
-from afprobe.experiments._stats import finite_or_none, spearman
-from afprobe.models import LoadedModel
+from afprobe.experiments._subject import Subject, build_subject
 
 PATCHING_FILE = "patching.json"
+PATCHING_SCHEMA = "afprobe.patching/1"
 POST_CUE = ("user_end", "last")
 
 
-def run_patching(
-    cfg: PatchRunConfig,
-    out_dir: str | Path | None = None,
-    *,
-    lm: LoadedModel | None = None,
-    directions: Directions | dict[int, Tensor] | None = None,
-    probes: str | Path | None = None,
-    overwrite: bool = False,
-    progress: bool = True,
-) -> dict[str, Any]:
+class PatchingRunner:
     """Denoising and noising per layer × named position and per token around the cue, subspace patching along
-    the direction, attribution patching over the same grid; write into ``out_dir`` and return ``patching.json``."""
-    out = Path(out_dir) if out_dir is not None else None
-    if out is not None:
-        check_out_dir(out, PATCHING_FILE, overwrite)
+    the direction (given, else ``afprobe probe``'s output in ``probes``, else in-sample mean differences),
+    attribution patching over the same grid; on ``cfg.scenario``'s prompts or a prepared :class:`Subject`."""
+
+    def __init__(self, cfg: PatchRunConfig, *, progress: bool = True, overwrite: bool = False):
+        self.cfg = cfg
+        self.progress = progress
+        self.overwrite = overwrite
+
+    def run(
+        self,
+        out: str | Path | None = None,
+        *,
+        subject: Subject | None = None,
+        directions: Directions | dict[int, Tensor] | None = None,
+        probes: str | Path | None = None,
+    ) -> dict[str, Any]:
+        """Write into ``out`` (when given) and return ``patching.json``'s content."""
+        out_dir = Path(out) if out is not None else None
+        if out_dir is not None:
+            check_out_dir(out_dir, PATCHING_FILE, self.overwrite)
+        return _run(self.cfg, out_dir, subject, directions, probes, self.progress)
+
+
+def _run(
+    cfg: PatchRunConfig,
+    out: Path | None,
+    subject: Subject | None,
+    directions: Directions | dict[int, Tensor] | None,
+    probes: str | Path | None,
+    progress: bool,
+) -> dict[str, Any]:
     pc = cfg.patching
     t0 = time.perf_counter()
-    s = setup(cfg.model, cfg.scenario, cfg.seed, lm, pc.backend)
+    s = (subject or build_subject(cfg.model, cfg.scenario)).with_backend(pc.backend)
     layers = list(range(s.lm.n_layers + 1)) if pc.layers == "all" else sorted(set(pc.layers))
     s.backend.check_layers(layers)
     prompts = [it.prompt for it in s.items]
@@ -90,8 +110,8 @@ def run_patching(
     aligned_pairs = [pq for pq in pairs if pq[0] in store.aligned]
     wsites = window_sites(pc.window)
     result: dict[str, Any] = {
-        "schema": "afprobe.patching/1",
-        "model": model_meta(s.lm),
+        "schema": PATCHING_SCHEMA,
+        "model": s.lm.meta(),
         "config": cfg.model_dump(mode="json"),
         "n_pairs": len(pairs),
         "n_aligned_pairs": len(aligned_pairs),
@@ -239,12 +259,12 @@ def _subspace(
 
 
 def _attribution(
-    s: Any,
-    store: Any,
+    s: Subject,
+    store: PatchStore,
     pairs: list[tuple[int, int]],
     aligned_pairs: list[tuple[int, int]],
     layers: list[int],
-    pc: Any,
+    pc: PatchingConfig,
     clean: np.ndarray,
     grids: dict[str, PatchGrid],
     csv_rows: list[dict[str, Any]],

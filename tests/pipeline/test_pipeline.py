@@ -10,17 +10,18 @@ import pytest
 from afprobe import AfprobeError
 from afprobe.activations import ActivationWriter
 from afprobe.cli import main
-from afprobe.experiments._pipeline import (
-    STAMP,
+from afprobe.models import LoadedModel, make_tiny_model, make_tiny_tokenizer, wrap_model
+from afprobe.pipeline import (
     Pipeline,
     RunConfig,
     dump_config,
     load_run_config,
     run_pipeline,
     shipped_configs,
-    stage_hash,
 )
-from afprobe.models import LoadedModel, make_tiny_model, make_tiny_tokenizer, wrap_model
+from afprobe.pipeline._stages import BY_NAME
+from afprobe.pipeline._stamps import STAMP, config_inputs
+from afprobe.pipeline._stamps import stage_hash as _stage_hash
 
 FAST = [
     "model.name=tiny",
@@ -43,6 +44,10 @@ def lm() -> LoadedModel:
 
 def _run(lm: LoadedModel, out: Path, *sets: str):
     return run_pipeline(load_run_config("default", [*FAST, *sets]), out, lm=lm, progress=False)
+
+
+def stage_hash(cfg: RunConfig, stage: str, upstream: dict[str, str]) -> str:
+    return _stage_hash(stage, config_inputs(cfg, BY_NAME[stage].inputs), upstream)
 
 
 def _statuses(result) -> dict[str, str]:
@@ -105,9 +110,9 @@ def test_causal_scenario_changes_only_its_keys() -> None:
 
 def test_plan_adds_what_a_stage_reads() -> None:
     cfg = load_run_config("default", ["stages=[steering]"])
-    assert Pipeline(cfg, Path("x")).plan() == ["scenarios", "cache", "probes", "steering"]
+    assert [s.name for s in Pipeline(cfg, Path("x")).plan()] == ["scenarios", "cache", "probes", "steering"]
     cfg = load_run_config("default", ["stages=[compliance, report]"])
-    assert Pipeline(cfg, Path("x")).plan() == ["scenarios", "compliance", "report"]
+    assert [s.name for s in Pipeline(cfg, Path("x")).plan()] == ["scenarios", "compliance", "report"]
 
 
 def test_hash_covers_what_a_stage_computes_not_where() -> None:
@@ -213,7 +218,7 @@ def test_a_failed_run_leaves_no_finished_looking_report(lm: LoadedModel, tmp_pat
     def boom(*a, **k):
         raise RuntimeError("probe fit crashed")
 
-    monkeypatch.setattr("afprobe.experiments._pipeline.ProbeRunner.run", boom)
+    monkeypatch.setattr("afprobe.pipeline._stages.ProbeRunner.run", boom)
     with pytest.raises(RuntimeError):
         _run(lm, out, "probes.bootstrap=40")
     assert not (out / "report.html").exists() and not (out / "summary.json").exists()

@@ -1,4 +1,4 @@
-"""Statistics shared by the experiments: cluster bootstrap over requests, gap status, Spearman correlation."""
+"""Statistics shared by probes and experiments: resampling requests (the cluster bootstrap), gap status, ranks."""
 
 from __future__ import annotations
 
@@ -7,7 +7,17 @@ from typing import Any
 
 import numpy as np
 
-from afprobe.probes._metrics import request_resample_counts
+
+def request_resample_counts(
+    groups: Sequence[Any] | np.ndarray, n: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """``(inverse, counts)``: each item's request index (requests sorted by their ids as text) and an
+    ``[n, n_requests]`` matrix of how often each request is drawn in ``n`` seeded resamples with replacement."""
+    labels, inverse = np.unique(np.asarray([str(g) for g in groups]), return_inverse=True)
+    draws = np.random.default_rng(seed).integers(0, len(labels), size=(n, len(labels)))
+    counts = np.zeros((n, len(labels)))
+    np.add.at(counts, (np.arange(n)[:, None], draws), 1.0)
+    return inverse, counts
 
 
 def _group_sums(values: np.ndarray, inverse: np.ndarray, n_groups: int) -> np.ndarray:

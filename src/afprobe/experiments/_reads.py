@@ -9,8 +9,9 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from afprobe.experiments._scoring import PositionMode, ScoredPrompt
-from afprobe.models import Backend
+from afprobe.experiments._subject import ScoredPrompt
+from afprobe.models import Backend, right_pad
+from afprobe.scenarios import EditStart, edit_start
 
 
 def prompt_batches(
@@ -20,30 +21,15 @@ def prompt_batches(
     idx = list(indices)
     for b0 in range(0, len(idx), batch_size):
         chosen = idx[b0 : b0 + batch_size]
-        width = max(items[i].length for i in chosen)
-        ids = torch.full((len(chosen), width), pad_id, dtype=torch.long)
-        mask = torch.zeros((len(chosen), width), dtype=torch.long)
-        for r, i in enumerate(chosen):
-            n = items[i].length
-            ids[r, :n] = torch.tensor(items[i].tok.input_ids)
-            mask[r, :n] = 1
+        ids, mask = right_pad([items[i].tok.input_ids for i in chosen], pad_id)
         yield chosen, ids, mask
-
-
-def steer_start(item: ScoredPrompt, mode: PositionMode) -> int:
-    """First prompt token a steering edit touches in ``mode``."""
-    if mode == "all":
-        return 0
-    if mode == "from_cue":
-        return item.tok.positions["cue"]
-    return item.length - 1
 
 
 def median_norms(
     backend: Backend,
     items: Sequence[ScoredPrompt],
     layers: Sequence[int],
-    mode: PositionMode,
+    mode: EditStart,
     *,
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
@@ -58,7 +44,7 @@ def median_norms(
             for layer in layers:
                 n = out.resid[layer].float().norm(dim=-1).cpu()
                 for r, i in enumerate(chosen):
-                    norms[layer].append(n[r, steer_start(items[i], mode) : items[i].length].numpy())
+                    norms[layer].append(n[r, edit_start(items[i].tok, mode) : items[i].length].numpy())
     return {layer: float(np.median(np.concatenate(v))) for layer, v in norms.items()}
 
 

@@ -54,7 +54,7 @@ def plot_dose_response(steering: Mapping[str, Any], layers: Sequence[int] | None
         ax.set_visible(False)
     if show:
         axes[0].legend(fontsize=7)
-    fig.suptitle(f"Steering dose-response ({steering.get('positions', '')})")
+    fig.suptitle(f"Steering dose-response (edits from {steering.get('edit_start', '')})")
     return fig
 
 
@@ -86,6 +86,25 @@ def plot_patching_heatmap(
     ax.set_title(title, fontsize=9)
     fig.colorbar(im, ax=ax, label="normalized effect" if normalized else "Δ metric (nats)")
     return fig
+
+
+def patching_heatmaps(patching: Mapping[str, Any]) -> dict[str, Figure]:
+    """One layer × position heatmap per patching direction (``denoise``, ``noise``) in ``patching.json``:
+    normalized when the gap allows it, else raw shifts in nats."""
+    defined = patching["normalization"] == "defined"
+    return {
+        direction: plot_patching_heatmap(
+            patching[direction]["normalized" if defined else "raw"],
+            patching["layers"],
+            patching["positions"],
+            normalized=defined,
+            title=f"{direction} (0 = paid run, 1 = free run)"
+            if defined
+            else f"{direction} (raw shift, nats)",
+        )
+        for direction in ("denoise", "noise")
+        if direction in patching
+    }
 
 
 def plot_compliance_gap(

@@ -1,0 +1,165 @@
+"""Every file afprobe writes goes through here: strict JSON, one CSV convention, atomic renames, staged directories.
+
+- :func:`atomic_write_text` / :func:`atomic_write_bytes`: a temporary file in the same directory, renamed over the
+  target when complete, so a reader never sees half a file.
+- :func:`write_json`: strict JSON (numpy and torch values become Python ones, NaN and infinities ``null``).
+- :func:`write_csv`: one row per record, the union of the records' keys as columns (first-seen order); a
+  two-element ``*_ci`` value becomes ``*_lo`` and ``*_hi`` columns, ``None`` an empty cell, other lists JSON text.
+- :func:`staged_dir`: build a whole output directory under a hidden name and rename it into place at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from afprobe._errors import AfprobeError
+
+
+def jsonable(x: Any) -> Any:
+    """``x`` with numpy and torch values turned into Python ones, NaN and infinities into ``None``, paths into
+    strings."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return jsonable(x.detach().cpu().tolist())
+    if isinstance(x, np.ndarray):
+        return jsonable(x.tolist())
+    if isinstance(x, np.generic):
+        return jsonable(x.item())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> Path:
+    """Write ``data`` to ``path`` through a temporary file in the same directory, renamed when complete."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def atomic_write_text(path: Path, text: str) -> Path:
+    return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def json_text(data: Any) -> str:
+    return json.dumps(jsonable(data), indent=2, allow_nan=False, ensure_ascii=False) + "\n"
+
+
+def write_json(path: Path, data: Any) -> Path:
+    return atomic_write_text(path, json_text(data))
+
+
+def read_json(path: str | Path, what: str = "results file") -> dict[str, Any]:
+    """A JSON object from ``path``; a missing or unreadable file is one :class:`AfprobeError` line."""
+    p = Path(path)
+    if not p.is_file():
+        raise AfprobeError(f"no {what} {p}")
+    try:
+        data = json.loads(p.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise AfprobeError(f"{what} {p} is not readable JSON: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise AfprobeError(f"{what} {p} does not hold a JSON object")
+    return data
+
+
+def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> str:
+    """The CSV text of ``rows`` (the module docstring gives the convention)."""
+    flat = [_flatten(r) for r in rows]
+    cols = list(columns) if columns is not None else list(dict.fromkeys(k for r in flat for k in r))
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=cols, extrasaction="ignore")
+    w.writeheader()
+    for r in flat:
+        w.writerow({k: _cell(v) for k, v in r.items()})
+    return buf.getvalue()
+
+
+def write_csv(path: Path, rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None) -> Path:
+    return atomic_write_text(path, csv_text(rows, columns))
+
+
+def _flatten(r: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in r.items():
+        if k.endswith("_ci") and isinstance(v, list | tuple) and len(v) == 2:
+            out[f"{k[:-3]}_lo"], out[f"{k[:-3]}_hi"] = v
+        else:
+            out[k] = v
+    return out
+
+
+def _cell(v: Any) -> Any:
+    v = jsonable(v)
+    if v is None:
+        return ""
+    if isinstance(v, list | dict):
+        return json.dumps(v)
+    return v
+
+
+def check_out_dir(out: Path, finished_marker: str, overwrite: bool) -> None:
+    """Refuse a file, and a directory that already holds a finished result (its ``finished_marker`` file, written
+    last) unless ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        raise AfprobeError(f"--out {out} is a file; give a directory")
+    if (out / finished_marker).exists() and not overwrite:
+        raise AfprobeError(f"{out} already holds {finished_marker}; pass --overwrite to replace it")
+
+
+def remove(p: Path) -> None:
+    """Remove a file, a link or a directory tree (nothing if absent)."""
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink(missing_ok=True)
+
+
+@contextmanager
+def staged_dir(out: Path) -> Iterator[Path]:
+    """Yield a hidden staging directory next to ``out``; on success it replaces ``out`` (whose old content is
+    removed only after the new one is in place), on any error it is removed and ``out`` is left as it was."""
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        yield tmp
+        old = None
+        if out.is_dir():
+            if any(out.iterdir()):
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                os.replace(out, old / out.name)
+            else:
+                out.rmdir()
+        os.replace(tmp, out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

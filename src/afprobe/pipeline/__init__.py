@@ -1,0 +1,46 @@
+"""``afprobe run``: the stages (scenarios -> cache -> probes -> compliance -> steering -> patching -> report) as
+one :class:`Stage` object each, their stamps, the run config and the shipped configs, and the runner that chains
+them with one model load, reusing what is up to date. It sits above every other package; none imports it."""
+
+from afprobe.pipeline._config import (
+    STAGE_NAMES,
+    RunConfig,
+    check_run_config,
+    dump_config,
+    load_run_config,
+    shipped_configs,
+)
+from afprobe.pipeline._runner import (
+    RESOLVED_CONFIG,
+    Pipeline,
+    PipelineResult,
+    StageRecord,
+    finished_stages,
+    render_run_report,
+    run_pipeline,
+    run_results,
+)
+from afprobe.pipeline._stages import ACTIVATIONS, STAGES, Stage, stage_results
+from afprobe.pipeline._state import RunState
+
+__all__ = [
+    "ACTIVATIONS",
+    "RESOLVED_CONFIG",
+    "STAGES",
+    "STAGE_NAMES",
+    "Pipeline",
+    "PipelineResult",
+    "RunConfig",
+    "RunState",
+    "Stage",
+    "StageRecord",
+    "check_run_config",
+    "dump_config",
+    "finished_stages",
+    "load_run_config",
+    "render_run_report",
+    "run_pipeline",
+    "run_results",
+    "shipped_configs",
+    "stage_results",
+]

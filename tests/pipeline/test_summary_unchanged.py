@@ -1,0 +1,39 @@
+"""The tiny whole run's ``summary.json`` equals the one the code gave before the architecture move (issue 11):
+``tests/data/tiny_run_summary.json`` was written by the previous layout on the same tiny model and settings
+(timings and the model's temporary path left out; ``steering.positions`` is now ``steering.edit_start``)."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+GOLDEN = Path(__file__).parents[1] / "data" / "tiny_run_summary.json"
+
+
+def _normalized(s: dict[str, Any]) -> dict[str, Any]:
+    s = dict(s)
+    s.pop("timings", None)
+    s["model"] = "<the tiny model>"
+    s["model_info"] = {**s["model_info"], "name": "<the tiny model>", "model_id": "<the tiny model>"}
+    return s
+
+
+def _diff(a: Any, b: Any, where: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = [f"{where}.{k}: missing on one side" for k in set(a) ^ set(b)]
+        return out + [d for k in set(a) & set(b) for d in _diff(a[k], b[k], f"{where}.{k}")]
+    if isinstance(a, list) and isinstance(b, list):
+        if len(a) != len(b):
+            return [f"{where}: length {len(a)} != {len(b)}"]
+        return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{where}[{i}]")]
+    if isinstance(a, float) and isinstance(b, float | int) and not isinstance(b, bool):
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) else [f"{where}: {a} != {b}"]
+    return [] if a == b else [f"{where}: {a!r} != {b!r}"]
+
+
+def test_summary_is_unchanged_by_the_move(tiny_run: Path) -> None:
+    got = _normalized(json.loads((tiny_run / "summary.json").read_text()))
+    want = json.loads(GOLDEN.read_text())
+    assert _diff(got, want) == []
