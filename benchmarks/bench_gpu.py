@@ -157,10 +157,8 @@ def main(
     def prepare_cache() -> None:  # untimed: file creation is a once-per-run cost, not a per-batch one
         counter["n"] += 1
         runner = CacheRunner(cfg, progress=False)
-        prepared["runner"] = runner
-        prepared["writer"] = _writer(
-            tmp / f"c{counter['n']}.h5", len(toks), layers, lm.d_model, seq, batch_size
-        )
+        prepared["runner"], prepared["path"] = runner, tmp / f"c{counter['n']}.h5"
+        prepared["writer"] = _writer(prepared["path"], len(toks), layers, lm.d_model, seq, batch_size)
         if on_cuda:
             _track_memory(prepared["writer"], memory)
 
@@ -170,7 +168,7 @@ def main(
 
     def finish_cache() -> None:
         prepared["writer"].finalize()
-        prepared["runner"].out.unlink()
+        prepared["path"].unlink()
 
     methods = {
         "bare forward, trunk only (no unembedding)": (None, bare_trunk, None),

@@ -261,11 +261,11 @@ def test_cli_probe(tmp_path: Path, capsys) -> None:
             "--seed",
             "3",
             "--set",
-            "bootstrap=100",
+            "probes.bootstrap=100",
             "--set",
-            "baseline_repeats=1",
+            "probes.baseline_repeats=1",
             "--set",
-            "plots=false",
+            "probes.plots=false",
         ]
     )
     out = capsys.readouterr().out
@@ -295,13 +295,13 @@ def _bad(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
     if name == "few requests":
         return write_activations(tmp_path / "a.h5", n_requests=3)[0], []
     if name == "position":
-        return write_activations(tmp_path / "a.h5")[0], ["--set", "positions=[last, nowhere]"]
+        return write_activations(tmp_path / "a.h5")[0], ["--set", "probes.positions=[last, nowhere]"]
     if name == "layer":
-        return write_activations(tmp_path / "a.h5")[0], ["--set", "layers=[9]"]
+        return write_activations(tmp_path / "a.h5")[0], ["--set", "probes.layers=[9]"]
     if name == "missing file":
         return tmp_path / "nope.h5", []
     if name == "bad key":
-        return write_activations(tmp_path / "a.h5")[0], ["--set", "folds=1"]
+        return write_activations(tmp_path / "a.h5")[0], ["--set", "probes.folds=1"]
     raise AssertionError(name)
 
 
@@ -315,7 +315,7 @@ def _bad(tmp_path: Path, name: str) -> tuple[Path, list[str]]:
         ("position", "position 'nowhere' is not in a.h5"),
         ("layer", "layer 9 is not in a.h5"),
         ("missing file", "activation file not found"),
-        ("bad key", "key 'folds'"),
+        ("bad key", "key 'probes.folds'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(tmp_path: Path, capsys, name: str, needle: str) -> None:

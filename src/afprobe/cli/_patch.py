@@ -8,8 +8,8 @@ from typing import Annotated
 import typer
 
 from afprobe.cli._app import Flags, app, shared_flags
-from afprobe.cli._steer import CAUSAL_FLAGS, PlotsOpt, ProbesOpt
-from afprobe.experiments import PATCHING_FILE, PatchingRunner, PatchRunConfig
+from afprobe.cli._steer import CAUSAL_FLAGS, PlotsOpt, ProbesOpt, run_causal
+from afprobe.experiments import PatchingRunner, PatchRunConfig
 from afprobe.report import patching_heatmaps
 
 
@@ -22,12 +22,8 @@ def patch(
     plots: PlotsOpt = True,
 ) -> None:
     """Patch free <-> paid activations per layer x position and around the cue; subspace and attribution."""
-    cfg = flags.config_of(PatchRunConfig)
-    result = PatchingRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(out, probes=probes)
-    if plots:
-        for name, fig in patching_heatmaps(result).items():
-            fig.savefig(out / f"patching_{name}.png", dpi=120)
-    typer.echo(f"wrote {out / PATCHING_FILE}")
-    for line in ((result.get("directions") or {}).get("note"), result["note"]):
-        if line:
-            typer.echo(line)
+    runner = PatchingRunner(
+        flags.config_of(PatchRunConfig), overwrite=flags.overwrite, progress=flags.progress
+    )
+    figures = (lambda r: {f"patching_{k}": f for k, f in patching_heatmaps(r).items()}) if plots else None
+    run_causal(runner, out, probes, figures)

@@ -1,14 +1,17 @@
-"""``afprobe steer``: compliance, then steering along the probe direction -> JSON + CSV (+ PNG plots)."""
+"""``afprobe steer``: compliance, then steering along the probe direction -> JSON + CSV (+ PNG plots); and what
+``afprobe patch`` shares with it."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
+from matplotlib.figure import Figure
 
 from afprobe.cli._app import Flags, app, shared_flags
-from afprobe.experiments import COMPLIANCE_FILE, STEERING_FILE, SteeringRunner, SteerRunConfig
+from afprobe.experiments import COMPLIANCE_FILE, SteeringRunner, SteerRunConfig
 from afprobe.report import plot_compliance_gap, plot_dose_response, read_stage
 
 CAUSAL_FLAGS = (
@@ -33,6 +36,33 @@ ProbesOpt = Annotated[
 PlotsOpt = Annotated[bool, typer.Option("--plots/--no-plots", help="Also save the figures as PNG files.")]
 
 
+def run_causal(
+    runner: Any,
+    out: Path,
+    probes: Path | None,
+    figures: Callable[[dict[str, Any]], dict[str, Figure]] | None,
+) -> None:
+    """Run a steering or patching runner into ``out``, save its figures as PNG, print what was written."""
+    result = runner.run(out, probes=probes)
+    for name, fig in (figures(result) if figures else {}).items():
+        fig.savefig(out / f"{name}.png", dpi=120)
+    typer.echo(f"wrote {out / runner.RESULT_FILE}")
+    for line in ((result.get("directions") or {}).get("note"), result["note"]):
+        if line:
+            typer.echo(line)
+
+
+def _steering_figures(out: Path) -> Callable[[dict[str, Any]], dict[str, Figure]]:
+    def figures(result: dict[str, Any]) -> dict[str, Figure]:
+        comp = read_stage({"compliance": out / COMPLIANCE_FILE}, "compliance") or {}
+        return {
+            "steering_dose_response": plot_dose_response(result),
+            "compliance_gap": plot_compliance_gap(comp, metric="logit", by="system_prompt"),
+        }
+
+    return figures
+
+
 @app.command("steer")
 @shared_flags(*CAUSAL_FLAGS)
 def steer(
@@ -42,15 +72,7 @@ def steer(
     plots: PlotsOpt = True,
 ) -> None:
     """Steer along the probe direction (layers x alphas, both tiers, random band, ablation), against the gap."""
-    cfg = flags.config_of(SteerRunConfig)
-    result = SteeringRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(out, probes=probes)
-    if plots:
-        plot_dose_response(result).savefig(out / "steering_dose_response.png", dpi=120)
-        comp = read_stage({"compliance": out / COMPLIANCE_FILE}, "compliance") or {}
-        plot_compliance_gap(comp, metric="logit", by="system_prompt").savefig(
-            out / "compliance_gap.png", dpi=120
-        )
-    typer.echo(f"wrote {out / STEERING_FILE}")
-    for line in (result["directions"].get("note"), result["note"]):
-        if line:
-            typer.echo(line)
+    runner = SteeringRunner(
+        flags.config_of(SteerRunConfig), overwrite=flags.overwrite, progress=flags.progress
+    )
+    run_causal(runner, out, probes, _steering_figures(out) if plots else None)

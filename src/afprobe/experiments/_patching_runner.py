@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor
 
-from afprobe._io import check_out_dir, write_csv, write_json
+from afprobe._io import write_csv, write_json
 from afprobe._stats import finite_or_none, spearman
 from afprobe.experiments._attribution import attribution_matrix, attribution_patching
 from afprobe.experiments._compliance import gap_summary, logit_scores, pair_indices
@@ -26,22 +26,20 @@ from afprobe.experiments._patching import (
     run_exact,
     window_sites,
 )
-from afprobe.experiments._subject import Subject, build_subject
+from afprobe.experiments._subject import ExperimentRunner, Subject
 
 PATCHING_FILE = "patching.json"
 PATCHING_SCHEMA = "afprobe.patching/1"
 POST_CUE = ("user_end", "last")
 
 
-class PatchingRunner:
+class PatchingRunner(ExperimentRunner):
     """Denoising and noising per layer × named position and per token around the cue, subspace patching along
     the direction (given, else ``afprobe probe``'s output in ``probes``, else in-sample mean differences),
     attribution patching over the same grid; on ``cfg.scenario``'s prompts or a prepared :class:`Subject`."""
 
-    def __init__(self, cfg: PatchRunConfig, *, progress: bool = True, overwrite: bool = False):
-        self.cfg = cfg
-        self.progress = progress
-        self.overwrite = overwrite
+    RESULT_FILE = PATCHING_FILE
+    cfg: PatchRunConfig
 
     def run(
         self,
@@ -52,23 +50,21 @@ class PatchingRunner:
         probes: str | Path | None = None,
     ) -> dict[str, Any]:
         """Write into ``out`` (when given) and return ``patching.json``'s content."""
-        out_dir = Path(out) if out is not None else None
-        if out_dir is not None:
-            check_out_dir(out_dir, PATCHING_FILE, self.overwrite)
-        return _run(self.cfg, out_dir, subject, directions, probes, self.progress)
+        out_dir = self._out_dir(out)
+        s = self._subject(subject, self.cfg.patching.backend)
+        return _run(self.cfg, out_dir, s, directions, probes, self.progress)
 
 
 def _run(
     cfg: PatchRunConfig,
     out: Path | None,
-    subject: Subject | None,
+    s: Subject,
     directions: Directions | dict[int, Tensor] | None,
     probes: str | Path | None,
     progress: bool,
 ) -> dict[str, Any]:
     pc = cfg.patching
     t0 = time.perf_counter()
-    s = (subject or build_subject(cfg.model, cfg.scenario)).with_backend(pc.backend)
     layers = list(range(s.lm.n_layers + 1)) if pc.layers == "all" else sorted(set(pc.layers))
     s.backend.check_layers(layers)
     prompts = [it.prompt for it in s.items]

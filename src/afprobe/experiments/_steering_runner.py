@@ -13,14 +13,14 @@ import torch
 from torch import Tensor
 
 from afprobe._errors import AfprobeError
-from afprobe._io import check_out_dir, write_csv, write_json
+from afprobe._io import write_csv, write_json
 from afprobe.experiments._compliance import ComplianceResult, get_classifier, measure_compliance, pair_indices
 from afprobe.experiments._compliance_runner import write_compliance
 from afprobe.experiments._config import SteerRunConfig
 from afprobe.experiments._directions import Directions, resolve_directions
 from afprobe.experiments._reads import median_norms
 from afprobe.experiments._steering import run_sweep, summarize_sweep, sweep_rows, sweep_settings
-from afprobe.experiments._subject import Subject, build_subject
+from afprobe.experiments._subject import ExperimentRunner, Subject
 from afprobe.models import Edit, generate
 from afprobe.scenarios import edit_starts
 
@@ -28,15 +28,13 @@ STEERING_FILE = "steering.json"
 STEERING_SCHEMA = "afprobe.steering/1"
 
 
-class SteeringRunner:
+class SteeringRunner(ExperimentRunner):
     """Steer along ``directions`` (given, else ``afprobe probe``'s output in ``probes``, else in-sample mean
     differences) on ``cfg.scenario``'s prompts or a prepared :class:`Subject`; write into ``out`` and return
     ``steering.json``'s content."""
 
-    def __init__(self, cfg: SteerRunConfig, *, progress: bool = True, overwrite: bool = False):
-        self.cfg = cfg
-        self.progress = progress
-        self.overwrite = overwrite
+    RESULT_FILE = STEERING_FILE
+    cfg: SteerRunConfig
 
     def run(
         self,
@@ -47,12 +45,10 @@ class SteeringRunner:
         probes: str | Path | None = None,
     ) -> dict[str, Any]:
         cfg, progress = self.cfg, self.progress
-        out_dir = Path(out) if out is not None else None
-        if out_dir is not None:
-            check_out_dir(out_dir, STEERING_FILE, self.overwrite)
+        out_dir = self._out_dir(out)
         sc = cfg.steering
         t0 = time.perf_counter()
-        s = (subject or build_subject(cfg.model, cfg.scenario)).with_backend(sc.backend)
+        s = self._subject(subject, sc.backend)
         timings: dict[str, float] = {"setup": time.perf_counter() - t0}
         if sc.layers != "auto":
             s.backend.check_layers(sc.layers)

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
+from afprobe._io import check_out_dir
 from afprobe.models import Backend, LoadedModel, ModelConfig, load_model, make_backend
 from afprobe.scenarios import (
     ACCEPT_TAG,
@@ -109,3 +111,26 @@ def build_subject(
     """For a runner called alone: load the model (unless given), build and tokenize ``scenario``'s prompts."""
     prompts = build_scenario(scenario)
     return make_subject(lm or load_model(model), prompts, backend=backend)
+
+
+class ExperimentRunner:
+    """The shape every experiment runner shares (as ``CacheRunner`` and ``ProbeRunner``): ``Runner(cfg,
+    progress=..., overwrite=...).run(out, subject=...)``, where ``out`` must not hold a finished result
+    (``RESULT_FILE``, written last) unless ``overwrite``, and ``subject`` the prompts already built (else they are
+    built from ``cfg.model`` and ``cfg.scenario``)."""
+
+    RESULT_FILE = ""
+
+    def __init__(self, cfg: Any, *, progress: bool = True, overwrite: bool = False):
+        self.cfg = cfg
+        self.progress = progress
+        self.overwrite = overwrite
+
+    def _out_dir(self, out: str | Path | None) -> Path | None:
+        if out is None:
+            return None
+        check_out_dir(Path(out), self.RESULT_FILE, self.overwrite)
+        return Path(out)
+
+    def _subject(self, subject: Subject | None, backend: str | None = None) -> Subject:
+        return (subject or build_subject(self.cfg.model, self.cfg.scenario)).with_backend(backend)
