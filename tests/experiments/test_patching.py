@@ -18,7 +18,8 @@ from afprobe.experiments import (
     score_settings,
     window_sites,
 )
-from afprobe.experiments._patching import SPAN, grid_matrix, run_exact
+from afprobe.experiments._patching import RESPONSE, SPAN, grid_matrix, run_exact
+from afprobe.experiments._patching_summary import attribution_agreement, patching_peak, trivial_cells
 from afprobe.models import make_backend
 from afprobe.scenarios import POSITION_NAMES
 
@@ -126,8 +127,8 @@ def test_planted_direction_carries_the_whole_effect(planted_patching) -> None:
 
 def test_attribution_patching_ranks_like_exact_patching(planted_patching) -> None:
     b, _, pairs, store, grids, clean = planted_patching
-    est = attribution_patching(b, store, pairs, list(POSITION_NAMES), "denoise", batch_size=3)
-    assert est.shape == (3, len(POSITION_NAMES), len(pairs))
+    est, delta = attribution_patching(b, store, pairs, list(POSITION_NAMES), "denoise", batch_size=3)
+    assert est.shape == (3, len(POSITION_NAMES), len(pairs)) and delta.shape == (3, len(POSITION_NAMES))
     norm, raw = attribution_matrix(est, pairs, clean, "denoise", 0.05)
     _, exact_raw = grid_matrix(grids["named_denoise"], "full", [0, 1, 2], POSITION_NAMES, clean, 0.05)
     rho = spearman(np.array(exact_raw), np.array(raw))
@@ -135,6 +136,32 @@ def test_attribution_patching_ranks_like_exact_patching(planted_patching) -> Non
     top = np.unravel_index(np.nanargmax(np.array(raw)), np.array(raw).shape)
     assert POSITION_NAMES[top[1]] in ("cue", "last")
     assert all(v is not None for row in norm for v in row)
+    # cells zero by construction: before the cue (system_end) the twins are the same, and so is the embedding
+    # output after the cue; at the last layer a prompt site only feeds the shared first-token prediction
+    triv = trivial_cells(delta, [0, 1, 2], list(POSITION_NAMES), n_layers=2)
+    q = {name: i for i, name in enumerate(POSITION_NAMES)}
+    assert triv[:, q["system_end"]].all() and triv[0, q["user_end"]] and triv[0, q["last"]]
+    assert not triv[0, q["cue"]] and not triv[1, q["last"]] and triv[2].all()
+    agree = attribution_agreement(np.array(exact_raw), np.array(raw), triv, [0, 1, 2], list(POSITION_NAMES))
+    assert agree["n_cells"] == int((~triv).sum()) and agree["n_trivial"] > 0
+    assert agree["spearman"] is not None and agree["top_sites"][0]["site"] in ("cue", "last")
+
+
+def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
+    """Patching the free run's residual stream at the tag tokens (each row its own: accept or reject) into the
+    paid run changes the metric exactly as the free run would at those tokens: at the last layer the tag tokens'
+    residual decides their own predictions, so the recipient's metric becomes the donor's continuation part."""
+    b = make_backend(tiny_lm, "hooks")
+    pairs = pair_indices([it.prompt for it in tiny_items])
+    store = collect(b, tiny_items, pairs, [0, 3], ["last"], 0, [])
+    assert {len(store.resp[i][0][0]) for i in store.resp} == {len(tiny_items[0].accept)}
+    grid = exact_patching(
+        b, store, pairs, [PatchSetting(store, 3, RESPONSE), PatchSetting(store, 0, RESPONSE)], "denoise"
+    )
+    clean = _clean(b, tiny_items)
+    paid = np.array([clean[p] for _, p in pairs])
+    assert np.abs(grid.metric[0] - paid).max() > 1e-3  # the tag tokens carry the tier from the context
+    np.testing.assert_allclose(grid.metric[1], paid, atol=1e-5)  # their embeddings are the same in both twins
 
 
 def test_attribution_is_the_first_order_term_of_exact_patching() -> None:
@@ -151,7 +178,22 @@ def test_attribution_is_the_first_order_term_of_exact_patching() -> None:
         store.named[a] = store.named[p] + (store.named[a] - store.named[p]) * 1e-2
     settings = [PatchSetting(store, 0, "cue"), PatchSetting(store, 1, "last")]
     exact = exact_patching(b, store, pairs, settings, "denoise").metric - paid
-    est = attribution_patching(b, store, pairs, ["cue", "last"], "denoise")
+    est, _ = attribution_patching(b, store, pairs, ["cue", "last"], "denoise")
     assert np.abs(exact).min() > 1e-4
     np.testing.assert_allclose(est[0, 0], exact[0], rtol=0.05)
     np.testing.assert_allclose(est[1, 1], exact[1], rtol=0.05)
+
+
+def test_the_peak_is_searched_at_every_site_but_the_cue_embedding() -> None:
+    """A mechanism carried by the cue token above layer 0 is the peak; the cue at layer 0 (the tier token's own
+    embedding) is not."""
+    result = {
+        "normalization": "defined",
+        "denoise": {"normalized": [[1.0, 0.0, 0.0], [0.97, 0.03, None], [0.2, 0.5, 0.1]]},
+    }
+    peak = patching_peak(result, [0, 6, 12], ["cue", "last", RESPONSE])
+    assert (peak["peak_layer"], peak["peak_position"], peak["peak_effect"]) == (6, "cue", 0.97)
+    assert peak["peak_unit"].startswith("fraction")
+    result["normalization"] = "undefined"
+    result["denoise"]["raw"] = result["denoise"]["normalized"]
+    assert patching_peak(result, [0, 6, 12], ["cue", "last", RESPONSE])["peak_unit"] == "nats (no gap)"

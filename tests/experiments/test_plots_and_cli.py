@@ -85,7 +85,11 @@ def test_afprobe_patch_writes_results(tmp_path: Path, tiny_model_dir: Path, caps
         "attribution",
     } <= set(res)
     assert res["n_pairs"] == 4 and res["n_aligned_pairs"] == 2  # the tag cue is not token-aligned on bytes
-    assert len(res["denoise"]["raw"]) == 4 and len(res["denoise"]["raw"][0]) == 4
+    assert (
+        len(res["denoise"]["raw"]) == 4
+        and len(res["denoise"]["raw"][0]) == 5
+        and res["sites"][-1] == "response"
+    )
     assert "spearman" in res["attribution"]
     for name in ("patching.csv", "patching_pairs.csv", "patching_denoise.png"):
         assert (out / name).is_file()

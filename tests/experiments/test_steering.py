@@ -8,10 +8,12 @@ import torch
 
 from afprobe.experiments import (
     Directions,
+    LayerPlan,
     SteerSetting,
     make_row_batch,
     mean_difference_directions,
     median_norms,
+    plan_layers,
     random_unit_vectors,
     run_sweep,
     score_settings,
@@ -41,12 +43,10 @@ def test_alpha_zero_is_the_identity(tiny_lm, tiny_items, mode: str) -> None:
 @pytest.mark.parametrize("backend", ["hooks", "nnsight"])
 def test_batched_sweep_equals_the_loop(tiny_lm, tiny_items, backend: str) -> None:
     b = make_backend(tiny_lm, backend)
-    dirs = {1: _unit(tiny_lm.d_model, 2), 3: _unit(tiny_lm.d_model, 3)}
-    norms = median_norms(b, tiny_items, [1, 3], "from_cue")
-    settings = sweep_settings(
-        dirs, [1, 3], [-1.0, 0.5], norms, mode="from_cue", n_random=8, ablate=True, seed=0
-    )
-    assert len(settings) == 1 + 2 * (2 * 9 + 9)
+    dirs = Directions({1: _unit(tiny_lm.d_model, 2), 3: _unit(tiny_lm.d_model, 3)}, "last", "given")
+    plans, _ = plan_layers(b, tiny_items, dirs, [1, 3], mode="from_cue", n_random=8)
+    settings = sweep_settings(plans, [-1.0, 0.5], mode="from_cue", ablate=True)
+    assert len(settings) == 1 + 2 * (2 * 17 + 17)
     batched = score_settings(b, tiny_items, settings, batch_size=3, max_rows=200, share_prefix=True)
     loop = score_settings(b, tiny_items, settings, batch_size=3, max_rows=1, share_prefix=False)
     np.testing.assert_allclose(batched.accept, loop.accept, atol=2e-4, rtol=0)
@@ -98,46 +98,87 @@ def test_median_norm_sets_the_magnitude(tiny_lm, tiny_items) -> None:
 
 @pytest.fixture(scope="module")
 def planted_sweep():
-    lm = make_planted()
-    items = toy_items(lm, n_requests=4)
+    lm = make_planted(
+        gain=1.0
+    )  # tier separation ~ 1/3 of the residual norm (at gain 5 it is the whole residual)
+    items = toy_items(lm, n_requests=6)
     b = make_backend(lm, "hooks")
     dirs = mean_difference_directions(b, items, [0, 1, 2], "last")
-    norms = median_norms(b, items, [1, 2], "from_cue")
-    settings = sweep_settings(
-        dirs.vectors, [1, 2], [-1.0, -0.5, 0.5, 1.0], norms, mode="from_cue", n_random=8, ablate=True, seed=0
-    )
-    return dirs, run_sweep(b, items, settings, batch_size=4, max_rows=64)
+    plans, info = plan_layers(b, items, dirs, [1, 2], mode="from_cue", n_random=8)
+    settings = sweep_settings(plans, [-1.0, -0.5, 0.5, 1.0], mode="from_cue", ablate=True)
+    return dirs, info, run_sweep(b, items, settings, batch_size=4, max_rows=64)
 
 
 def test_planted_direction_is_recovered(planted_sweep) -> None:
-    dirs, _ = planted_sweep
-    assert isinstance(dirs, Directions) and 0 not in dirs.vectors  # layer 0 at `last` does not see the tier
+    dirs, _, _ = planted_sweep
+    assert (
+        isinstance(dirs, Directions) and 0 not in dirs.vectors and dirs.skipped == [0]
+    )  # layer 0 sees no tier
     for layer in (1, 2):
         assert float(dirs[layer][U]) == pytest.approx(1.0, abs=1e-5)  # +u: toward free
 
 
-def test_planted_steering_reproduces_and_removes_the_gap(planted_sweep) -> None:
-    _, sweep = planted_sweep
+def test_planted_steering_in_natural_units_recovers_the_whole_gap(planted_sweep) -> None:
+    """The toy's readout is linear in u, so moving paid prompts by the free - paid separation along u (alpha = 1)
+    reproduces exactly the gap and the reverse removes it, and random directions of the same magnitude (from the activations' covariance, or isotropic) do next to nothing."""
+    _, info, sweep = planted_sweep
+    assert info["scale"] == "natural" and all(v > 0 for v in info["separation"].values())
     s = summarize_sweep(sweep, gap_usable=True, n_boot=200)
     grid = {(r["layer"], r["alpha"]): r for r in s["grid"]}
     for layer in (1, 2):
-        up = [grid[layer, a]["paid_shift"]["value"] for a in (0.5, 1.0)]
-        assert 0 < up[0] < up[1]  # dose-response along +direction
-        assert up[1] > 0.3
-        rand = grid[layer, 1.0]["random_paid_shift"]
-        assert rand["n"] == 8 and abs(rand["mean"]) + 2 * rand["sd"] < up[1]
-        assert grid[layer, -1.0]["free_shift"]["value"] > 0.3
+        assert grid[layer, 0.5]["paid_shift"]["value"] == pytest.approx(0.5, abs=0.02)  # dose-response
+        assert grid[layer, 1.0]["paid_shift"]["value"] == pytest.approx(1.0, abs=0.02)
+        assert grid[layer, -1.0]["free_shift"]["value"] == pytest.approx(1.0, abs=0.02)
+        # both tiers are steered: the change of the gap is reported beside each tier's shift, with its band
+        assert grid[layer, 1.0]["gap_change"]["value"] is not None
+        assert grid[layer, 1.0]["random_gap_change"]["n"] == 8
+        for key in ("random_paid_shift", "isotropic_paid_shift"):
+            band = grid[layer, 1.0][key]
+            assert band["n"] == 8 and abs(band["mean"]) < 0.1
+        assert not grid[layer, 1.0]["paid_shift"]["implausible"]
     abl = {r["layer"]: r for r in s["ablation"]}
     for layer in (1, 2):
-        assert abl[layer]["removed"]["value"] == pytest.approx(1.0, abs=1e-4)  # the whole gap lives on u
+        assert abl[layer]["removed"]["value"] == pytest.approx(
+            1.0, abs=1e-3
+        )  # mean ablation: the gap lives on u
         assert abl[layer]["gap_after"] == pytest.approx(0.0, abs=1e-3)
-        assert abs(abl[layer]["random"]["mean"]) < 0.2
+        assert abs(abl[layer]["random"]["mean"]) < 0.1 and abs(abl[layer]["isotropic"]["mean"]) < 0.1
     assert s["best_layer"] in (1, 2)
     fr = s["fraction_of_gap"]
     assert fr["reproduced"]["alpha"] == 1.0 and fr["removed"]["alpha"] == -1.0
     lo, hi = fr["reproduced"]["ci"]
     assert lo <= fr["reproduced"]["value"] <= hi
-    assert s["random_baseline"]["ablation"]["n"] == 8
+    assert s["random_baseline"]["band"] == "covariance" and s["random_baseline"]["ablation"]["n"] == 8
+    assert s["random_isotropic"]["reproduced"]["n"] == 8
+
+
+def test_the_residual_norm_unit_overshoots_and_is_flagged() -> None:
+    """The old unit (alpha x median residual norm) is far larger than the tier separation: on the toy it moves
+    the metric many gaps at once, and the fraction is flagged as implausible."""
+    lm = make_planted(gain=1.0)
+    items = toy_items(lm, n_requests=6)
+    b = make_backend(lm, "hooks")
+    dirs = mean_difference_directions(b, items, [1], "last")
+    plans, info = plan_layers(b, items, dirs, [1], mode="from_cue", n_random=8, scale="residual_norm")
+    assert info["magnitude"]["1"] > 3 * info["separation"]["1"]
+    sweep = run_sweep(b, items, sweep_settings(plans, [1.0], mode="from_cue", ablate=False))
+    rep = summarize_sweep(sweep, gap_usable=True, n_boot=100)["fraction_of_gap"]["reproduced"]
+    assert rep["value"] > 1.5 and rep["implausible"]
+
+
+def test_mean_ablation_sets_the_component_to_its_mean(tiny_lm, tiny_items) -> None:
+    b = make_backend(tiny_lm, "hooks")
+    u = _unit(tiny_lm.d_model, 6)
+    batch = make_row_batch(tiny_items, [0, 1], int(tiny_lm.tokenizer.pad_token_id))
+    edits = SteerSetting("ablate", 2, 0.0, 0, u, 1.0, "from_cue", mean=0.7)(batch)
+    stacked = stack_edits([[], edits], batch.n_rows, batch.seq_len)  # ablate, then add: the order is kept
+    assert [e.op for e in stacked] == ["ablate", "add"]
+    with torch.no_grad():
+        out = b.run(batch.input_ids, batch.attention_mask, read_layers=[2], edits=edits, logits=False).resid[
+            2
+        ]
+    mask = edit_mask(edits[0], batch.n_rows, batch.seq_len)
+    assert torch.allclose(out[mask] @ u, torch.full((int(mask.sum()),), 0.7), atol=1e-5)
 
 
 def test_no_gap_leaves_fractions_undefined() -> None:
@@ -146,7 +187,8 @@ def test_no_gap_leaves_fractions_undefined() -> None:
     b = make_backend(lm, "hooks")
     u = torch.zeros(lm.d_model)
     u[U] = 1.0
-    settings = sweep_settings({1: u}, [1], [1.0], {1: 1.0}, mode="from_cue", n_random=8, ablate=True, seed=0)
+    plans = {1: LayerPlan(u, 1.0, random={"covariance": random_unit_vectors(8, lm.d_model, 0)})}
+    settings = sweep_settings(plans, [1.0], mode="from_cue", ablate=True)
     s = summarize_sweep(run_sweep(b, items, settings), gap_usable=False, n_boot=100)
     assert s["fraction_of_gap"]["reproduced"]["value"] is None
     assert s["fraction_of_gap"]["reproduced"]["effect_nats"] is not None

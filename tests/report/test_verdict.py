@@ -57,7 +57,13 @@ def _summary(
             },
             "random_baseline": {"reproduced": {"mean": rand_mean if usable else 0.01, "sd": rand_sd, "n": 8}},
         },
-        "patching": {"peak_layer": 10, "peak_position": "last", "peak_effect": 0.7, "subspace_fraction": 0.6},
+        "patching": {
+            "peak_layer": 10,
+            "peak_position": "last",
+            "peak_effect": 0.7,
+            "peak_unit": "fraction of the free run (0 = paid, 1 = free)" if usable else "nats (no gap)",
+            "subspace_fraction": 0.6,
+        },
     }
 
 

@@ -43,6 +43,7 @@ from afprobe.experiments._directions import (
     Directions,
     as_directions,
     best_probe_layer,
+    covariance_directions,
     load_probe_directions,
     mean_difference_directions,
     random_unit_vectors,
@@ -62,7 +63,9 @@ from afprobe.experiments._patching_runner import PATCHING_FILE, PatchingRunner
 from afprobe.experiments._reads import median_norms, read_named
 from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._scoring import Scores, Setting, no_edit, score_settings
+from afprobe.experiments._steer_plan import plan_layers
 from afprobe.experiments._steering import (
+    LayerPlan,
     SteerSetting,
     SweepResult,
     run_sweep,
@@ -91,6 +94,7 @@ __all__ = [
     "ComplianceRunConfig",
     "ComplianceRunner",
     "Directions",
+    "LayerPlan",
     "PatchGrid",
     "PatchRunConfig",
     "PatchSetting",
@@ -117,6 +121,7 @@ __all__ = [
     "choose_layers",
     "collect",
     "continuation_ids",
+    "covariance_directions",
     "exact_patching",
     "gap_summary",
     "get_classifier",
@@ -130,6 +135,7 @@ __all__ = [
     "no_edit",
     "normalized",
     "pair_indices",
+    "plan_layers",
     "prepare_prompts",
     "random_unit_vectors",
     "read_named",

@@ -28,12 +28,14 @@ def attribution_patching(
     *,
     batch_size: int = 4,
     progress: bool = False,
-) -> np.ndarray:
+) -> tuple[np.ndarray, np.ndarray]:
     """Estimated shift of the recipient's metric, ``[layer, site, pair]`` over ``store.layers`` (NaN where a site
-    does not apply: window and span sites on pairs that are not token-aligned)."""
+    does not apply: window and span sites on pairs that are not token-aligned), and ``[layer, site]`` the largest
+    donor - recipient difference at each cell (0: the patch changes nothing, the cell is zero by construction)."""
     layers = store.layers
     recipients = [b if direction == "denoise" else a for a, b in pairs]
     est = np.full((len(layers), len(sites), len(pairs)), np.nan)
+    delta_max = np.zeros((len(layers), len(sites)))
     pad_id = int(backend.lm.tokenizer.pad_token_id)
     d = backend.lm.d_model
     with progress_bar(progress, transient=True) as bar:
@@ -41,9 +43,9 @@ def attribution_patching(
         for b0 in range(0, len(recipients), batch_size):
             chosen = recipients[b0 : b0 + batch_size]
             batch = make_row_batch(store.items, chosen, pad_id)
-            width = int(batch.prompt_len.max())
-            pos = torch.arange(width)[None, :].expand(batch.n_rows, width)
-            leaves = {layer: torch.zeros(batch.n_rows, width, d, requires_grad=True) for layer in layers}
+            seq = batch.seq_len
+            pos = torch.arange(seq)[None, :].expand(batch.n_rows, seq)
+            leaves = {layer: torch.zeros(batch.n_rows, seq, d, requires_grad=True) for layer in layers}
             with torch.enable_grad():
                 out = backend.run(
                     batch.input_ids,
@@ -55,23 +57,30 @@ def attribution_patching(
                 lp = continuation_logprobs(out.logits, batch.targets, batch.target_mask)
                 (lp[0::2] - lp[1::2]).sum().backward()
             for li, layer in enumerate(layers):
-                g_rows = leaves[layer].grad
-                assert g_rows is not None
-                g = g_rows[0::2] + g_rows[1::2]  # the accept and reject rows share the prompt
+                g = leaves[layer].grad
+                assert g is not None
                 for r, i in enumerate(chosen):
-                    k = b0 + r
                     for si, site in enumerate(sites):
-                        if (
-                            site == SPAN or (site.startswith("cue") and site != "cue")
-                        ) and i not in store.aligned:
+                        if not _applies(store, site, layer, i):
                             continue
-                        if site == SPAN and layer not in store.span_layers:
-                            continue
-                        where, mine = store.site(i, layer, site)
-                        _, theirs = store.site(store.partner[i], layer, site)
-                        est[li, si, k] = float(((theirs - mine) * g[r, where]).sum())
+                        total, biggest = 0.0, 0.0
+                        for row in (0, 1):  # the accept and the reject row (their prompts are the same)
+                            where, mine = store.site(i, layer, site, row)
+                            _, theirs = store.site(store.partner[i], layer, site, row)
+                            k = min(len(mine), len(theirs))
+                            delta = theirs[:k] - mine[:k]
+                            total += float((delta * g[2 * r + row, where[:k]]).sum())
+                            biggest = max(biggest, float(delta.abs().max()) if k else 0.0)
+                        est[li, si, b0 + r] = total
+                        delta_max[li, si] = max(delta_max[li, si], biggest)
             bar.advance(task, len(chosen))
-    return est
+    return est, delta_max
+
+
+def _applies(store: PatchStore, site: str, layer: int, i: int) -> bool:
+    if (site == SPAN or (site.startswith("cue") and site != "cue")) and i not in store.aligned:
+        return False
+    return not (site == SPAN and layer not in store.span_layers)
 
 
 def attribution_matrix(

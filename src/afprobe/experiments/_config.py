@@ -41,7 +41,8 @@ class SteeringConfig(StrictModel):
 
     layers: Literal["auto"] | list[int] = "auto"
     n_auto_layers: int = Field(default=5, ge=1)
-    alphas: list[float] = [-1.0, -0.5, -0.25, 0.25, 0.5, 1.0]
+    alphas: list[float] = [-1.0, -0.5, 0.5, 1.0, 2.0]
+    scale: Literal["natural", "residual_norm"] = "natural"
     edit_start: EditStart = "from_cue"
     n_random: int = Field(default=8, ge=8)
     ablate: bool = True
@@ -73,13 +74,15 @@ class SteeringConfig(StrictModel):
 class PatchingConfig(StrictModel):
     """Activation patching between the free and paid twin of each pair.
 
-    Exact patching at ``layers`` × named ``positions`` (denoising free → paid, and noising paid → free when
-    ``noising``), per token at offsets ``-window..window`` around the cue (token-aligned pairs only), subspace
-    patching along the probe direction, and attribution patching (a gradient approximation) over the same grid."""
+    Exact patching at ``layers`` × named ``positions`` and (``response``) the tag tokens after the prompt, where
+    the metric is read (denoising free → paid, and noising paid → free when ``noising``), per token at offsets
+    ``-window..window`` around the cue (token-aligned pairs only), subspace patching along the probe direction,
+    and attribution patching (a gradient approximation) over the same grid."""
 
     layers: Literal["all"] | list[int] = "all"
     positions: list[str] = list(POSITION_NAMES)
     window: int = Field(default=3, ge=0)
+    response: bool = True
     noising: bool = True
     subspace: bool = True
     attribution: bool = True

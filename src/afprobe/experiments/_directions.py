@@ -189,3 +189,26 @@ def random_unit_vectors(n: int, d: int, seed: int) -> Float[Tensor, "n d"]:
     g = np.random.default_rng(seed)
     v = torch.from_numpy(g.standard_normal((n, d))).float()
     return v / v.norm(dim=-1, keepdim=True)
+
+
+def covariance_directions(
+    X: Float[Tensor, "n d"], n: int, seed: int, exclude: Tensor | None = None
+) -> Float[Tensor, "n_dirs d"]:
+    """``n`` random unit vectors drawn from the covariance of the rows of ``X`` (Gaussian with that covariance,
+    normalized): random directions that lie where the activations vary, unlike isotropic ones, which in a
+    residual stream of a few effective dimensions are nearly orthogonal to everything the model uses.
+    ``exclude``: a direction projected out first (the one under test, so that the control is not the effect);
+    isotropic directions orthogonal to it when nothing else varies."""
+    Xc = X.detach().to("cpu", torch.float64)
+    Xc = Xc - Xc.mean(0)
+    e = None if exclude is None else (exclude.detach().to("cpu", torch.float64) / exclude.norm())
+    if e is not None:
+        Xc = Xc - (Xc @ e)[:, None] * e[None, :]
+    z = torch.from_numpy(np.random.default_rng(seed).standard_normal((n, Xc.shape[0])))
+    v = z @ Xc
+    if float(Xc.norm()) <= 1e-9 * max(1.0, float(X.double().norm())):
+        v = random_unit_vectors(n, X.shape[-1], seed).double()
+        if e is not None:
+            v = v - (v @ e)[:, None] * e[None, :]
+    v = v.float()
+    return v / v.norm(dim=-1, keepdim=True).clamp_min(1e-12)

@@ -23,13 +23,13 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from afprobe.experiments._reads import prompt_batches
-from afprobe.experiments._rows import RowBatch
+from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._scoring import score_settings
 from afprobe.experiments._subject import ScoredPrompt
 from afprobe.models import Backend, Edit
 
 SPAN = "from_cue"
+RESPONSE = "response"  # the accept / reject tag tokens after the prompt, where the metric is read
 
 
 @dataclass
@@ -49,15 +49,22 @@ class PatchStore:
     win_ok: dict[int, Tensor] = field(default_factory=dict)  # [2w+1] bool
     span: dict[int, Tensor] = field(default_factory=dict)  # [Ls, n, d]
     span_start: dict[int, int] = field(default_factory=dict)
+    resp: dict[int, tuple[Tensor, Tensor]] = field(
+        default_factory=dict
+    )  # accept, reject rows: [L, k, d] each
     items: list[ScoredPrompt] = field(default_factory=list)
 
     @property
     def offsets(self) -> list[int]:
         return list(range(-self.window, self.window + 1))
 
-    def site(self, i: int, layer: int, site: str) -> tuple[Tensor, Tensor]:
-        """``(token indices [k], values [k, d])`` of prompt ``i`` at ``layer`` and ``site``."""
+    def site(self, i: int, layer: int, site: str, row: int = 0) -> tuple[Tensor, Tensor]:
+        """``(token indices [k], values [k, d])`` of prompt ``i`` at ``layer`` and ``site``; ``row`` 0 is the
+        prompt followed by the accept tag, 1 by the reject tag (it matters only for the ``response`` site)."""
         li = self.layers.index(layer)
+        if site == RESPONSE:
+            v = self.resp[i][row][li]
+            return self.items[i].length + torch.arange(v.shape[0]), v
         if site in self.positions:
             q = self.positions.index(site)
             return torch.tensor([self.items[i].tok.positions[site]]), self.named[i][li, q : q + 1]
@@ -93,28 +100,46 @@ def collect(
     )
     read = sorted(set(layers) | set(span_layers))
     pad_id = int(backend.lm.tokenizer.pad_token_id)
+    order = sorted(partner)
     with torch.inference_mode():
-        for chosen, ids, mask in prompt_batches(items, sorted(partner), batch_size, pad_id):
-            out = backend.run(ids, mask, read_layers=read, logits=False)
+        for b0 in range(0, len(order), batch_size):
+            batch = make_row_batch(items, order[b0 : b0 + batch_size], pad_id)
+            out = backend.run(batch.input_ids, batch.attention_mask, read_layers=read, logits=False)
             h = {layer: out.resid[layer].float().cpu() for layer in read}
-            for r, i in enumerate(chosen):
-                tp = items[i].tok
-                n = len(tp.input_ids)
-                idx = torch.tensor([tp.positions[p] for p in positions])
-                store.named[i] = torch.stack([h[layer][r, idx] for layer in layers])
-                if i not in aligned:
-                    continue
-                raw = torch.tensor([tp.positions["cue"] + o for o in store.offsets])
-                store.win_ok[i] = (raw >= 0) & (raw < n)
-                store.win_pos[i] = raw.clamp(0, n - 1)
-                store.win[i] = torch.stack([h[layer][r, store.win_pos[i]] for layer in layers])
-                if span_layers:
-                    start = first_difference(
-                        tp.input_ids, items[partner[i]].tok.input_ids, tp.positions["cue"]
-                    )
-                    store.span_start[i] = start
-                    store.span[i] = torch.stack([h[layer][r, start:n] for layer in span_layers])
+            for r, i in enumerate(batch.indices):
+                _keep(store, items, i, h, 2 * r, layers, positions, span_layers)
     return store
+
+
+def _keep(
+    store: PatchStore,
+    items: Sequence[ScoredPrompt],
+    i: int,
+    h: dict[int, Tensor],
+    r: int,
+    layers: Sequence[int],
+    positions: Sequence[str],
+    span_layers: Sequence[int],
+) -> None:
+    """Keep prompt ``i``'s values from rows ``r`` (prompt + accept tag) and ``r + 1`` (prompt + reject tag)."""
+    tp, it = items[i].tok, items[i]
+    n = len(tp.input_ids)
+    idx = torch.tensor([tp.positions[p] for p in positions])
+    store.named[i] = torch.stack([h[layer][r, idx] for layer in layers])
+    store.resp[i] = tuple(  # type: ignore[assignment]
+        torch.stack([h[layer][r + c, n : n + len(cont)] for layer in layers])
+        for c, cont in enumerate((it.accept, it.reject))
+    )
+    if i not in store.aligned:
+        return
+    raw = torch.tensor([tp.positions["cue"] + o for o in store.offsets])
+    store.win_ok[i] = (raw >= 0) & (raw < n)
+    store.win_pos[i] = raw.clamp(0, n - 1)
+    store.win[i] = torch.stack([h[layer][r, store.win_pos[i]] for layer in layers])
+    if span_layers:
+        start = first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"])
+        store.span_start[i] = start
+        store.span[i] = torch.stack([h[layer][r, start:n] for layer in span_layers])
 
 
 def first_difference(a: Sequence[int], b: Sequence[int], cue: int) -> int:
@@ -139,22 +164,24 @@ class PatchSetting:
 
     def __call__(self, batch: RowBatch) -> list[Edit]:
         vals, poss = [], []
-        for i in batch.indices:
-            pos, mine = self.store.site(i, self.layer, self.site)
-            _, theirs = self.store.site(self.store.partner[i], self.layer, self.site)
-            delta = theirs - mine
+        for r in range(batch.n_rows):
+            i = batch.indices[r // 2]
+            pos, mine = self.store.site(i, self.layer, self.site, r % 2)
+            _, theirs = self.store.site(self.store.partner[i], self.layer, self.site, r % 2)
+            k = min(len(mine), len(theirs))
+            delta = theirs[:k] - mine[:k]
             if self.direction is not None:
                 u = self.direction.to(delta.dtype)
                 delta = (delta @ u)[:, None] * u[None, :]
             vals.append(delta)
-            poss.append(pos)
+            poss.append(pos[:k])
         k = max(len(p) for p in poss)
         d = vals[0].shape[-1]
         v = torch.zeros(len(vals), k, d)
         p = torch.zeros(len(vals), k, dtype=torch.long)
         for r, (vv, pp) in enumerate(zip(vals, poss, strict=True)):
             v[r, : len(pp)], p[r, : len(pp)], p[r, len(pp) :] = vv, pp, pp[-1]
-        return [Edit(self.layer, "add", batch.per_row(v), batch.per_row(p))]
+        return [Edit(self.layer, "add", v, p)]
 
 
 Direction = Literal["denoise", "noise"]
@@ -283,18 +310,20 @@ def run_exact(
     *,
     noising: bool,
     subspace: bool,
+    response: bool = True,
     batch_size: int,
     max_rows: int,
     share_prefix: bool,
     progress: bool,
 ) -> dict[str, PatchGrid]:
-    """Every exact patch: named sites on all pairs; window and span sites on aligned pairs."""
-    named = [PatchSetting(store, layer, q) for layer in layers for q in store.positions]
+    """Every exact patch: named sites (and, with ``response``, the tag tokens) on all pairs; window and span sites
+    on aligned pairs. Response-site patches edit the continuation, so they are scored in passes of their own (the
+    prompt-site ones keep sharing their unedited prefix)."""
+    sites = named_sites(store, response)
+    named = [PatchSetting(store, layer, q) for layer in layers for q in sites]
     if subspace:
         named += [
-            PatchSetting(store, layer, q, directions[layer])
-            for layer in store.span_layers
-            for q in store.positions
+            PatchSetting(store, layer, q, directions[layer]) for layer in store.span_layers for q in sites
         ]
     aligned_pairs = [pq for pq in pairs if pq[0] in store.aligned]
     per_token = [PatchSetting(store, layer, s) for layer in layers for s in window_sites(store.window)]
@@ -304,7 +333,18 @@ def run_exact(
     out: dict[str, PatchGrid] = {}
     kw = {"batch_size": batch_size, "max_rows": max_rows, "share_prefix": share_prefix, "progress": progress}
     for direction in ("denoise", "noise") if noising else ("denoise",):
-        out[f"named_{direction}"] = exact_patching(backend, store, pairs, named, direction, **kw)  # type: ignore[arg-type]
+        prompt_sites = [s for s in named if s.site != RESPONSE]
+        grid = exact_patching(backend, store, pairs, prompt_sites, direction, **kw)  # type: ignore[arg-type]
+        resp = [s for s in named if s.site == RESPONSE]
+        if resp:
+            more = exact_patching(backend, store, pairs, resp, direction, **kw)  # type: ignore[arg-type]
+            grid = PatchGrid(
+                grid.direction,
+                grid.settings + more.settings,
+                grid.pairs,
+                np.vstack([grid.metric, more.metric]),
+            )
+        out[f"named_{direction}"] = grid
         if aligned_pairs:
             out[f"window_{direction}"] = exact_patching(
                 backend,
@@ -315,3 +355,8 @@ def run_exact(
                 **kw,  # type: ignore[arg-type]
             )
     return out
+
+
+def named_sites(store: PatchStore, response: bool = True) -> list[str]:
+    """The named positions, then (``response``) the tag tokens."""
+    return [*store.positions, *([RESPONSE] if response else [])]

@@ -48,6 +48,32 @@ def median_norms(
     return {layer: float(np.median(np.concatenate(v))) for layer, v in norms.items()}
 
 
+def mean_projections(
+    backend: Backend,
+    items: Sequence[ScoredPrompt],
+    vectors: dict[int, Tensor],
+    mode: EditStart,
+    *,
+    batch_size: int = 8,
+) -> dict[int, Tensor]:
+    """Per layer, the mean projection of the residual stream on each row of ``vectors[layer]`` (``[k, d]``) over
+    prompts and the prompt tokens ``mode`` steers: the value mean ablation sets that component to."""
+    pad_id = int(backend.lm.tokenizer.pad_token_id)
+    sums = {layer: torch.zeros(v.shape[0], dtype=torch.float64) for layer, v in vectors.items()}
+    count = 0
+    with torch.inference_mode():
+        for chosen, ids, mask in prompt_batches(items, range(len(items)), batch_size, pad_id):
+            out = backend.run(ids, mask, read_layers=sorted(vectors), logits=False)
+            keep = torch.zeros(ids.shape, dtype=torch.bool)
+            for r, i in enumerate(chosen):
+                keep[r, edit_start(items[i].tok, mode) : items[i].length] = True
+            count += int(keep.sum())
+            for layer, v in vectors.items():
+                h = out.resid[layer].float().cpu()[keep]  # [tokens, d]
+                sums[layer] += (h @ v.to(h.dtype).T).sum(0).double()
+    return {layer: (s / max(count, 1)).float() for layer, s in sums.items()}
+
+
 def read_named(
     backend: Backend,
     items: Sequence[ScoredPrompt],

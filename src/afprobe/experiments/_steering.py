@@ -1,17 +1,22 @@
-"""Steering along the probe direction: a layers × alphas sweep on both tiers, directional ablation, and a band
-of matched-norm random directions; effects stated as fractions of the natural free − paid gap.
+"""Steering along the probe direction: a layers × alphas sweep on both tiers, mean ablation, and two bands of
+random directions (drawn from the activations' covariance, and isotropic); effects stated against the natural
+free − paid gap.
 
-The added vector is ``alpha · unit direction · median residual norm at that layer``. Fractions of the gap:
-- ``reproduced`` (alpha > 0, paid prompts): (steered paid − paid) / (free − paid);
-- ``removed`` (alpha < 0, free prompts): (free − steered free) / (free − paid);
-- ``ablation`` (both tiers): 1 − (ablated free − ablated paid) / (free − paid).
-Each is a ratio of means over pairs, with a bootstrap CI that resamples requests.
+Strength is in natural units: the added vector is ``alpha · sep · u`` where ``sep`` is the mean free − paid
+separation along the unit direction ``u`` at that layer (at the direction's position), so alpha = 1 moves a paid
+prompt to where free prompts sit along ``u``; random directions get the same magnitude ``|sep|``. Every setting
+steers both tiers. Per (layer, alpha):
+- ``paid_shift`` (reproduced): (steered paid − paid) / gap, the headline at alpha > 0;
+- ``free_shift`` (removed): (free − steered free) / gap, the headline at alpha < 0;
+- ``gap_change``: the change of the free − paid gap under the same push (a generic push moves both tiers alike);
+and per layer ``ablation``: 1 − gap after mean-ablating ``u`` (its component set to its mean over prompts) / gap.
+Each is a ratio of sums over pairs with a bootstrap CI over requests; a fraction outside ``PLAUSIBLE`` is flagged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -19,7 +24,6 @@ from torch import Tensor
 
 from afprobe._stats import bootstrap_ratio, finite_or_none
 from afprobe.experiments._compliance import pair_indices
-from afprobe.experiments._directions import random_unit_vectors
 from afprobe.experiments._rows import RowBatch
 from afprobe.experiments._scoring import Scores, score_settings
 from afprobe.experiments._subject import ScoredPrompt
@@ -27,12 +31,15 @@ from afprobe.models import Backend, Edit
 from afprobe.scenarios import EditStart
 
 SettingKind = Literal["clean", "probe", "random", "ablate", "random_ablate"]
+BANDS: tuple[str, ...] = ("covariance", "isotropic")  # the first is the headline random baseline
+PLAUSIBLE = (-0.2, 1.5)  # a fraction of the gap outside this range is flagged
 
 
 @dataclass(frozen=True)
 class SteerSetting:
-    """One intervention: add ``alpha · scale · vector`` (``probe``/``random``) or project ``vector`` out
-    (``ablate``/``random_ablate``) at ``layer``, on the tokens ``mode`` selects; ``clean`` does nothing."""
+    """One intervention at ``layer`` on the tokens from ``mode``'s start on: add ``alpha · scale · vector``
+    (``probe``/``random``), or mean-ablate ``vector`` (``ablate``/``random_ablate``: its component set to
+    ``mean``); ``clean`` does nothing. ``band`` names the random band a random direction belongs to."""
 
     kind: SettingKind
     layer: int = 0
@@ -41,6 +48,8 @@ class SteerSetting:
     vector: Tensor | None = None
     scale: float = 1.0
     mode: EditStart = "from_cue"
+    mean: float = 0.0
+    band: str = ""
 
     def __call__(self, batch: RowBatch) -> list[Edit]:
         if self.kind == "clean" or self.vector is None:
@@ -48,35 +57,67 @@ class SteerSetting:
         starts = batch.starts(self.mode)
         if self.kind in ("probe", "random"):
             return [Edit(self.layer, "add", self.vector * (self.alpha * self.scale), starts)]
-        return [Edit(self.layer, "ablate", self.vector, starts)]
+        edits = [Edit(self.layer, "ablate", self.vector, starts)]
+        if self.mean != 0.0:
+            edits.append(Edit(self.layer, "add", self.vector * self.mean, starts))
+        return edits
 
     def describe(self) -> dict[str, Any]:
-        return {"kind": self.kind, "layer": self.layer, "alpha": self.alpha, "direction_index": self.index}
+        return {
+            "kind": self.kind,
+            "band": self.band,
+            "layer": self.layer,
+            "alpha": self.alpha,
+            "direction_index": self.index,
+        }
+
+
+@dataclass
+class LayerPlan:
+    """What a layer is steered with: the unit direction ``u``, its natural scale (signed: ``+alpha`` moves toward
+    free), its mean projection (for mean ablation), and per band the random unit directions ``[n, d]`` with their
+    mean projections."""
+
+    u: Tensor
+    scale: float
+    mean: float = 0.0
+    random: dict[str, Tensor] = field(default_factory=dict)
+    random_means: dict[str, Tensor] = field(default_factory=dict)
 
 
 def sweep_settings(
-    directions: dict[int, Tensor],
-    layers: Sequence[int],
-    alphas: Sequence[float],
-    norms: dict[int, float],
-    *,
-    mode: EditStart,
-    n_random: int,
-    ablate: bool,
-    seed: int,
+    plans: dict[int, LayerPlan], alphas: Sequence[float], *, mode: EditStart, ablate: bool
 ) -> list[SteerSetting]:
-    """The clean run, then per layer: the probe direction at every alpha, ``n_random`` random directions at every
-    alpha (the same directions across alphas), and (``ablate``) ablation of the probe and the random directions."""
+    """The clean run, then per layer: the direction at every alpha, every random direction of every band at
+    every alpha (the same directions across alphas), and (``ablate``) mean ablation of all of them."""
     out = [SteerSetting("clean", mode=mode)]
-    for layer in layers:
-        u = directions[layer]
-        rand = random_unit_vectors(n_random, u.shape[-1], seed + 7919 * (layer + 1))
+    for layer, p in sorted(plans.items()):
+        mag = abs(p.scale)
         for a in alphas:
-            out.append(SteerSetting("probe", layer, a, 0, u, norms[layer], mode))
-            out += [SteerSetting("random", layer, a, k, rand[k], norms[layer], mode) for k in range(n_random)]
+            out.append(SteerSetting("probe", layer, a, 0, p.u, p.scale, mode))
+            for band, rand in p.random.items():
+                out += [
+                    SteerSetting("random", layer, a, k, rand[k], mag, mode, band=band)
+                    for k in range(len(rand))
+                ]
         if ablate:
-            out.append(SteerSetting("ablate", layer, 0.0, 0, u, 1.0, mode))
-            out += [SteerSetting("random_ablate", layer, 0.0, k, rand[k], 1.0, mode) for k in range(n_random)]
+            out.append(SteerSetting("ablate", layer, 0.0, 0, p.u, 1.0, mode, mean=p.mean))
+            for band, rand in p.random.items():
+                means = p.random_means.get(band)
+                out += [
+                    SteerSetting(
+                        "random_ablate",
+                        layer,
+                        0.0,
+                        k,
+                        rand[k],
+                        1.0,
+                        mode,
+                        float(means[k]) if means is not None else 0.0,
+                        band,
+                    )
+                    for k in range(len(rand))
+                ]
     return out
 
 
@@ -119,14 +160,16 @@ def run_sweep(
 
 def _fraction(num: np.ndarray, den: np.ndarray, groups: list[str], usable: bool, **kw: Any) -> dict[str, Any]:
     value, (lo, hi) = bootstrap_ratio(num, den, groups, **kw)
-    effect = float(num.mean()) if len(num) else float("nan")
-    if not usable:
-        return {"value": None, "ci": [None, None], "effect_nats": finite_or_none(effect)}
-    return {
-        "value": finite_or_none(value),
-        "ci": [finite_or_none(lo), finite_or_none(hi)],
-        "effect_nats": finite_or_none(effect),
+    out: dict[str, Any] = {
+        "value": None,
+        "ci": [None, None],
+        "effect_nats": finite_or_none(float(num.mean())),
     }
+    if usable:
+        v = finite_or_none(value)
+        out.update(value=v, ci=[finite_or_none(lo), finite_or_none(hi)])
+        out["implausible"] = v is not None and not PLAUSIBLE[0] <= v <= PLAUSIBLE[1]
+    return out
 
 
 def summarize_sweep(
@@ -138,8 +181,8 @@ def summarize_sweep(
     seed: int = 0,
     subset: Sequence[int] | None = None,
 ) -> dict[str, Any]:
-    """Per (layer, alpha): shifts of each tier in nats and as fractions of the gap, with the random band; per layer:
-    ablation; and the headline (best layer, its fractions and random baseline).
+    """Per (layer, alpha): each tier's shift and the change of the gap, in nats and as fractions of the gap, with
+    each random band; per layer: mean ablation; and the headline (best layer, its fractions, the random bands).
 
     ``gap_usable`` False (no gap) keeps the effects in nats and leaves every fraction ``None``."""
     prompts = [it.prompt for it in sweep.items]
@@ -155,114 +198,126 @@ def summarize_sweep(
     gap_i = clean[fi] - clean[pi]
     kw = {"n_boot": n_boot, "ci": ci, "seed": seed}
 
-    def frac_stats(rows: list[int], kind: str) -> tuple[np.ndarray, np.ndarray]:
-        """Per setting in ``rows``: the numerators per pair of the reproduced/removed/ablation fraction."""
-        if kind == "paid_shift":
-            return m[rows][:, pi] - clean[pi], gap_i
-        if kind == "free_shift":
-            return clean[fi] - m[rows][:, fi], gap_i
-        return gap_i - (m[rows][:, fi] - m[rows][:, pi]), gap_i
+    def numerators(rows: list[int], shift: str) -> np.ndarray:
+        """Per setting in ``rows``, per pair: the numerator of the ``shift`` fraction (its denominator: gap_i)."""
+        if shift == "paid_shift":
+            return m[rows][:, pi] - clean[pi]
+        if shift == "free_shift":
+            return clean[fi] - m[rows][:, fi]
+        if shift == "gap_change":
+            return (m[rows][:, fi] - m[rows][:, pi]) - gap_i
+        return gap_i - (m[rows][:, fi] - m[rows][:, pi])  # ablation: the part of the gap removed
 
-    def ratio(num: np.ndarray) -> float:
-        return float(num.sum() / gap_i.sum()) if gap_usable and gap_i.sum() != 0 else float("nan")
+    def band(rows: list[int], shift: str) -> dict[str, Any]:
+        num = numerators(rows, shift) if rows else np.zeros((0, len(pairs)))
+        usable = gap_usable and gap_i.sum() != 0
+        vals = np.array([r.sum() / gap_i.sum() if usable else r.mean() for r in num])
+        return {
+            "mean": finite_or_none(vals.mean()) if len(vals) else None,
+            "sd": finite_or_none(vals.std(ddof=1)) if len(vals) > 1 else None,
+            "unit": "fraction" if usable else "nats",
+            "n": len(vals),
+        }
+
+    def pick(kind: str, layer: int, alpha: float | None = None, band_name: str = "") -> list[int]:
+        return [
+            i
+            for i, s in enumerate(sweep.settings)
+            if s.kind == kind
+            and s.layer == layer
+            and (alpha is None or s.alpha == alpha)
+            and s.band == band_name
+        ]
 
     layers = sorted({s.layer for s in sweep.settings if s.kind != "clean"})
     alphas = sorted({s.alpha for s in sweep.settings if s.kind == "probe"})
+    bands = [b for b in BANDS if any(s.band == b for s in sweep.settings)]
     grid, ablation = [], []
     for layer in layers:
         for a in alphas:
-            probe = [
-                i
-                for i, s in enumerate(sweep.settings)
-                if s.kind == "probe" and s.layer == layer and s.alpha == a
-            ]
-            rand = [
-                i
-                for i, s in enumerate(sweep.settings)
-                if s.kind == "random" and s.layer == layer and s.alpha == a
-            ]
+            probe = pick("probe", layer, a)
             row: dict[str, Any] = {"layer": layer, "alpha": a}
-            for key, kind in (("paid_shift", "paid_shift"), ("free_shift", "free_shift")):
-                num, den = frac_stats(probe, kind)
-                row[key] = _fraction(num[0], den, groups, gap_usable, **kw)
-                rnum, _ = frac_stats(rand, kind)
-                rvals = np.array([ratio(r) if gap_usable else float(r.mean()) for r in rnum])
-                row[f"random_{key}"] = {
-                    "mean": finite_or_none(rvals.mean()),
-                    "sd": finite_or_none(rvals.std(ddof=1)),
-                    "unit": "fraction" if gap_usable else "nats",
-                    "n": len(rvals),
-                }
+            for shift in ("paid_shift", "free_shift", "gap_change"):
+                row[shift] = _fraction(numerators(probe, shift)[0], gap_i, groups, gap_usable, **kw)
+                for b in bands:
+                    row[f"random_{shift}" if b == BANDS[0] else f"{b}_{shift}"] = band(
+                        pick("random", layer, a, b), shift
+                    )
             row["free_mean"] = float(m[probe[0]][fi].mean())
             row["paid_mean"] = float(m[probe[0]][pi].mean())
+            rand = pick("random", layer, a, bands[0]) if bands else []
             row["random_free_mean"] = [float(m[r][fi].mean()) for r in rand]
             row["random_paid_mean"] = [float(m[r][pi].mean()) for r in rand]
             grid.append(row)
-        abl = [i for i, s in enumerate(sweep.settings) if s.kind == "ablate" and s.layer == layer]
-        rabl = [i for i, s in enumerate(sweep.settings) if s.kind == "random_ablate" and s.layer == layer]
+        abl = pick("ablate", layer)
         if abl:
-            num, den = frac_stats(abl, "ablation")
-            rnum, _ = frac_stats(rabl, "ablation")
-            rvals = np.array([ratio(r) if gap_usable else float(r.mean()) for r in rnum])
-            ablation.append(
-                {
-                    "layer": layer,
-                    "removed": _fraction(num[0], den, groups, gap_usable, **kw),
-                    "gap_after": float((m[abl[0]][fi] - m[abl[0]][pi]).mean()),
-                    "random": {
-                        "mean": finite_or_none(rvals.mean()) if len(rvals) else None,
-                        "sd": finite_or_none(rvals.std(ddof=1)) if len(rvals) > 1 else None,
-                        "unit": "fraction" if gap_usable else "nats",
-                        "n": len(rvals),
-                    },
-                }
-            )
-    return {"grid": grid, "ablation": ablation, **_headline(grid, ablation, gap_usable)}
+            entry: dict[str, Any] = {
+                "layer": layer,
+                "removed": _fraction(numerators(abl, "ablation")[0], gap_i, groups, gap_usable, **kw),
+                "gap_after": float((m[abl[0]][fi] - m[abl[0]][pi]).mean()),
+            }
+            for b in bands:
+                entry["random" if b == BANDS[0] else b] = band(
+                    pick("random_ablate", layer, band_name=b), "ablation"
+                )
+            ablation.append(entry)
+    return {"grid": grid, "ablation": ablation, **_headline(grid, ablation, gap_usable, bands)}
 
 
-def _headline(grid: list[dict[str, Any]], ablation: list[dict[str, Any]], gap_usable: bool) -> dict[str, Any]:
-    """Best layer: the largest reproduced shift above the random band at the largest positive alpha (the most
-    negative alpha's removal if no alpha is positive); effects in nats when there is no gap."""
+def _headline(
+    grid: list[dict[str, Any]], ablation: list[dict[str, Any]], gap_usable: bool, bands: list[str]
+) -> dict[str, Any]:
+    """Best layer: the largest reproduced shift beyond the random band at the positive alpha nearest 1 (the natural
+    unit; the negative alpha nearest -1's removal if no alpha is positive); effects in nats when there is no gap."""
     if not grid:
-        return {"best_layer": None, "fraction_of_gap": None, "random_baseline": None}
+        return {
+            "best_layer": None,
+            "fraction_of_gap": None,
+            "random_baseline": None,
+            "random_isotropic": None,
+        }
     key = "value" if gap_usable else "effect_nats"
     pos = [r["alpha"] for r in grid if r["alpha"] > 0]
     neg = [r["alpha"] for r in grid if r["alpha"] < 0]
-    a_up, a_down = (max(pos) if pos else None), (min(neg) if neg else None)
+    a_up = min(pos, key=lambda a: (abs(a - 1), -a)) if pos else None
+    a_down = min(neg, key=lambda a: (abs(a + 1), a)) if neg else None
 
     def score(r: dict[str, Any], shift: str) -> float:
         v = r[shift][key]
-        base = r[f"random_{shift}"]["mean"] or 0.0
+        base = (r.get(f"random_{shift}") or {}).get("mean") or 0.0
         return float("-inf") if v is None else v - base
 
     rows = [r for r in grid if r["alpha"] == (a_up if a_up is not None else a_down)]
     shift = "paid_shift" if a_up is not None else "free_shift"
-    best = max(rows, key=lambda r: score(r, shift))
-    layer = best["layer"]
+    layer = max(rows, key=lambda r: score(r, shift))["layer"]
     up = next((r for r in grid if r["layer"] == layer and r["alpha"] == a_up), None)
     down = next((r for r in grid if r["layer"] == layer and r["alpha"] == a_down), None)
     abl = next((r for r in ablation if r["layer"] == layer), None)
 
-    def pick(r: dict[str, Any] | None, shift: str) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+    def take(r: dict[str, Any] | None, shift: str, prefix: str) -> dict[str, Any] | None:
         if r is None:
-            return None, None
-        return {**r[shift], "alpha": r["alpha"]}, r[f"random_{shift}"]
+            return None
+        return {**r[shift], "alpha": r["alpha"]} if prefix == "" else r.get(f"{prefix}_{shift}")
 
-    rep, rep_rand = pick(up, "paid_shift")
-    rem, rem_rand = pick(down, "free_shift")
+    def baseline(prefix: str, ablation_key: str) -> dict[str, Any]:
+        return {
+            "reproduced": take(up, "paid_shift", prefix),
+            "removed": take(down, "free_shift", prefix),
+            "gap_change": take(up, "gap_change", prefix),
+            "ablation": abl.get(ablation_key) if abl else None,
+        }
+
     return {
         "best_layer": layer,
         "fraction_of_gap": {
             "unit": "fraction of the free - paid gap" if gap_usable else "none: no gap (effects in nats)",
-            "reproduced": rep,
-            "removed": rem,
+            "reproduced": take(up, "paid_shift", ""),
+            "removed": take(down, "free_shift", ""),
+            "gap_change": take(up, "gap_change", ""),
             "ablation": abl["removed"] if abl else None,
         },
-        "random_baseline": {
-            "reproduced": rep_rand,
-            "removed": rem_rand,
-            "ablation": abl["random"] if abl else None,
-        },
+        "random_baseline": {"band": bands[0] if bands else None, **baseline("random", "random")},
+        "random_isotropic": baseline("isotropic", "isotropic") if "isotropic" in bands else None,
     }
 
 

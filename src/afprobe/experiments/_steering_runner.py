@@ -18,8 +18,15 @@ from afprobe.experiments._compliance import ComplianceResult, get_classifier, me
 from afprobe.experiments._compliance_runner import write_compliance
 from afprobe.experiments._config import SteerRunConfig
 from afprobe.experiments._directions import Directions, resolve_directions
-from afprobe.experiments._reads import median_norms
-from afprobe.experiments._steering import run_sweep, summarize_sweep, sweep_rows, sweep_settings
+from afprobe.experiments._steer_plan import plan_layers
+from afprobe.experiments._steering import (
+    PLAUSIBLE,
+    LayerPlan,
+    run_sweep,
+    summarize_sweep,
+    sweep_rows,
+    sweep_settings,
+)
 from afprobe.experiments._subject import ExperimentRunner, Subject
 from afprobe.models import Edit, generate
 from afprobe.scenarios import edit_starts
@@ -66,17 +73,18 @@ class SteeringRunner(ExperimentRunner):
             write_compliance(comp, out_dir, s, cfg.model_dump(mode="json"))
 
         t = time.perf_counter()
-        norms = median_norms(s.backend, s.items, layers, sc.edit_start, batch_size=cfg.compliance.batch_size)
-        settings = sweep_settings(
-            dirs.vectors,
+        plans, strength = plan_layers(
+            s.backend,
+            s.items,
+            dirs,
             layers,
-            sc.alphas,
-            norms,
             mode=sc.edit_start,
             n_random=sc.n_random,
-            ablate=sc.ablate,
+            scale=sc.scale,
             seed=cfg.seed,
+            batch_size=cfg.compliance.batch_size,
         )
+        settings = sweep_settings(plans, sc.alphas, mode=sc.edit_start, ablate=sc.ablate)
         sweep = run_sweep(
             s.backend,
             s.items,
@@ -87,12 +95,10 @@ class SteeringRunner(ExperimentRunner):
             progress=progress,
         )
         timings["sweep"] = time.perf_counter() - t
-        result = _result(cfg, s, comp, sweep, dirs, layers, norms)
+        result = _result(cfg, s, comp, sweep, dirs, layers, strength)
         if sc.generate and result["best_layer"] is not None:
             t = time.perf_counter()
-            result["generation"] = _steered_generation(
-                s, cfg, dirs, result["best_layer"], norms, comp, progress
-            )
+            result["generation"] = _steered_generation(s, cfg, plans, result["best_layer"], comp, progress)
             timings["generation"] = time.perf_counter() - t
         result["note"] = steering_note(result, dirs)
         result["timings"] = timings
@@ -113,7 +119,7 @@ def _result(
     sweep: Any,
     dirs: Directions,
     layers: list[int],
-    norms: dict[int, float],
+    strength: dict[str, Any],
 ) -> dict[str, Any]:
     sc = cfg.steering
     logit = comp.summary["logit"]
@@ -138,11 +144,12 @@ def _result(
         "layers": layers,
         "alphas": list(sc.alphas),
         "n_random": sc.n_random,
-        "norms": {str(k): v for k, v in norms.items()},
+        "strength": strength,
         "natural_gap": gap_only(logit),
         "best_layer": summary["best_layer"],
         "fraction_of_gap": summary["fraction_of_gap"],
         "random_baseline": summary["random_baseline"],
+        "random_isotropic": summary["random_isotropic"],
         "grid": summary["grid"],
         "ablation": summary["ablation"],
         "by_system_prompt": by_sp,
@@ -174,9 +181,8 @@ def gap_only(block: dict[str, Any]) -> dict[str, Any]:
 def _steered_generation(
     s: Subject,
     cfg: SteerRunConfig,
-    dirs: Directions,
+    plans: dict[int, LayerPlan],
     layer: int,
-    norms: dict[int, float],
     comp: ComplianceResult,
     progress: bool,
 ) -> dict[str, Any]:
@@ -196,7 +202,7 @@ def _steered_generation(
         idx = [b if tier == "paid" else a for a, b in pairs]
         toks = [s.items[i].tok for i in idx]
         starts = torch.tensor(edit_starts(toks, sc.edit_start))
-        edit = Edit(layer, "add", dirs[layer] * (alpha * norms[layer]), starts)
+        edit = Edit(layer, "add", plans[layer].u * (alpha * plans[layer].scale), starts)
         new = generate(
             s.backend,
             toks,
@@ -222,7 +228,12 @@ def _steered_generation(
 
 def steering_note(result: dict[str, Any], dirs: Directions) -> str:
     gap = result["natural_gap"]
-    parts = []
+    unit = (
+        "alpha = 1 moves a prompt by the free - paid separation along the direction"
+        if result["strength"]["scale"] == "natural"
+        else "alpha = 1 adds the median residual norm (a push that measures breakage, not a dose-response)"
+    )
+    parts = [f"Steering strength: {unit}."]
     if gap["status"] != "significant":
         what = "No" if gap["status"] == "none" else "No established"
         parts.append(
@@ -235,11 +246,22 @@ def steering_note(result: dict[str, Any], dirs: Directions) -> str:
             rep, rr = f["reproduced"], r["reproduced"]
             parts.append(
                 f"At layer {result['best_layer']}, steering paid prompts along +direction (alpha {rep['alpha']:+g}) "
-                f"reproduces {rep['value']:.2f} of the gap (CI [{rep['ci'][0]:.2f}, {rep['ci'][1]:.2f}]); matched "
-                f"random directions {rr['mean']:.2f} ± {rr['sd']:.2f}."
+                f"reproduces {rep['value']:.2f} of the gap (CI [{rep['ci'][0]:.2f}, {rep['ci'][1]:.2f}]); random "
+                f"directions from the activations' covariance {rr['mean']:.2f} ± {rr['sd'] or 0:.2f}."
             )
         if f and f.get("ablation") and f["ablation"]["value"] is not None:
-            parts.append(f"Ablating the direction there removes {f['ablation']['value']:.2f} of the gap.")
+            parts.append(
+                f"Mean-ablating the direction there removes {f['ablation']['value']:.2f} of the gap."
+            )
+        flagged = [
+            k for k in ("reproduced", "removed", "ablation") if f and f.get(k) and f[k].get("implausible")
+        ]
+        if flagged:
+            lo, hi = PLAUSIBLE
+            parts.append(
+                f"Implausible fraction(s) ({', '.join(flagged)} outside [{lo:g}, {hi:g}]): the push does more "
+                "than move prompts along the tier representation; read them as breakage, not as the mechanism."
+            )
     if dirs.source.startswith("mean_difference"):
         parts.append("Directions are in-sample mean differences of the steered prompts (no --probes given).")
     return " ".join(parts)

@@ -134,41 +134,69 @@ def shift_edit(e: Edit, s: int) -> Edit:
 
 def stack_edits(blocks: Sequence[Sequence[Edit]], rows: int, seq_len: int) -> list[Edit]:
     """Edits for ``len(blocks)`` copies of a ``rows``-row batch stacked along the batch dimension: block ``b``'s
-    edits act on rows ``b * rows ... (b + 1) * rows - 1`` only. ``set`` edits cannot be stacked (write them as an
-    ``add`` of the difference)."""
+    edits act on rows ``b * rows ... (b + 1) * rows - 1`` only. Edits of one kind at one layer from different
+    blocks merge into one; the merged edits keep every block's own order at each layer (an ``ablate`` then an
+    ``add`` at one layer, as in mean ablation, stays in that order). ``set`` edits cannot be stacked (write them
+    as an ``add`` of the difference)."""
     slots: dict[tuple[int, str, bool, int], list[tuple[int, Edit]]] = {}
+    after: dict[tuple[int, str, bool, int], set[tuple[int, str, bool, int]]] = {}
     for b, edits in enumerate(blocks):
         seen: Counter[tuple[int, str, bool]] = Counter()
+        prev: dict[int, tuple[int, str, bool, int]] = {}
         for e in edits:
             if e.op == "set":
                 raise ValueError("set edits cannot be stacked: use an add of (new - old)")
             indexed = e.op == "add" and e.value.ndim == 3
             key = (e.layer, e.op, indexed)
-            slots.setdefault((*key, seen[key]), []).append((b, e))
+            slot = (*key, seen[key])
+            slots.setdefault(slot, []).append((b, e))
+            after.setdefault(slot, set())
+            if e.layer in prev:
+                after[slot].add(prev[e.layer])
+            prev[e.layer] = slot
             seen[key] += 1
     total = len(blocks) * rows
-    out: list[Edit] = []
-    for (layer, op, indexed, _), members in slots.items():
-        d = members[0][1].value.shape[-1]
-        if not indexed:
-            value = torch.zeros(total, d)
-            mask = torch.zeros(total, seq_len, dtype=torch.bool)
-            for b, e in members:
-                v = e.value.detach().to("cpu", torch.float32)
-                value[b * rows : (b + 1) * rows] = v.expand(rows, d) if v.ndim == 1 else v
-                mask[b * rows : (b + 1) * rows] = edit_mask(e, rows, seq_len)
-            out.append(Edit(layer, op, value, mask))  # type: ignore[arg-type]
-            continue
-        k = max(int(e.value.shape[1]) for _, e in members)
-        fill = max(
-            int(e.positions.max()) for _, e in members if e.positions is not None
-        )  # keeps the prefix free
-        pos = torch.full((total, k), fill, dtype=torch.long)
-        vals = torch.zeros(total, k, d)
-        for b, e in members:
-            assert e.positions is not None
-            kk = int(e.value.shape[1])
-            pos[b * rows : (b + 1) * rows, :kk] = e.positions.to("cpu")
-            vals[b * rows : (b + 1) * rows, :kk] = e.value.detach().to("cpu", torch.float32)
-        out.append(Edit(layer, "add", vals, pos))
+    return [_merge(slot, slots[slot], total, rows, seq_len) for slot in _ordered(list(slots), after)]
+
+
+def _ordered(
+    slots: list[tuple[int, str, bool, int]],
+    after: dict[tuple[int, str, bool, int], set[tuple[int, str, bool, int]]],
+) -> list[tuple[int, str, bool, int]]:
+    """``slots`` in first-seen order, moved only as far as each block's own order at a layer requires."""
+    out: list[tuple[int, str, bool, int]] = []
+    todo = list(slots)
+    while todo:
+        ready = next((s for s in todo if after[s] <= set(out)), None)
+        if ready is None:
+            raise ValueError(
+                "the settings order the same edits differently at one layer: they cannot share a pass"
+            )
+        out.append(ready)
+        todo.remove(ready)
     return out
+
+
+def _merge(
+    slot: tuple[int, str, bool, int], members: list[tuple[int, Edit]], total: int, rows: int, seq_len: int
+) -> Edit:
+    layer, op, indexed, _ = slot
+    d = members[0][1].value.shape[-1]
+    if not indexed:
+        value = torch.zeros(total, d)
+        mask = torch.zeros(total, seq_len, dtype=torch.bool)
+        for b, e in members:
+            v = e.value.detach().to("cpu", torch.float32)
+            value[b * rows : (b + 1) * rows] = v.expand(rows, d) if v.ndim == 1 else v
+            mask[b * rows : (b + 1) * rows] = edit_mask(e, rows, seq_len)
+        return Edit(layer, op, value, mask)  # type: ignore[arg-type]
+    k = max(int(e.value.shape[1]) for _, e in members)
+    fill = max(int(e.positions.max()) for _, e in members if e.positions is not None)  # keeps the prefix free
+    pos = torch.full((total, k), fill, dtype=torch.long)
+    vals = torch.zeros(total, k, d)
+    for b, e in members:
+        assert e.positions is not None
+        kk = int(e.value.shape[1])
+        pos[b * rows : (b + 1) * rows, :kk] = e.positions.to("cpu")
+        vals[b * rows : (b + 1) * rows, :kk] = e.value.detach().to("cpu", torch.float32)
+    return Edit(layer, "add", vals, pos)

@@ -258,7 +258,14 @@ def patching_figures(patching: Mapping[str, Any]) -> list[ReportFigure]:
     blocks: list[tuple[str, str, list[str], Mapping[str, Any]]] = []
     for direction in ("denoise", "noise"):
         if patching.get(direction):
-            blocks.append((f"named_{direction}", direction, list(patching["positions"]), patching[direction]))
+            blocks.append(
+                (
+                    f"named_{direction}",
+                    direction,
+                    list(patching.get("sites") or patching["positions"]),
+                    patching[direction],
+                )
+            )
     window = patching.get("window") or {}
     for direction in ("denoise", "noise"):
         if window.get(direction):

@@ -256,7 +256,7 @@ def _patching_section(summary: Mapping[str, Any]) -> str:
         return "<h2>Activation patching</h2><p>The patching stage was not run.</p>"
     rows = [
         ["peak layer · position", f"{_fmt(pt.get('peak_layer'))} · {escape(str(pt.get('peak_position')))}"],
-        ["peak effect (normalized)", _fmt(pt.get("peak_effect"))],
+        [f"peak effect ({escape(str(pt.get('peak_unit') or 'unit unknown'))})", _fmt(pt.get("peak_effect"))],
         ["probe subspace / full patch", _fmt(pt.get("subspace_fraction"))],
     ]
     html = "<h2>Activation patching</h2>" + _table(None, rows)

@@ -96,7 +96,7 @@ def patching_heatmaps(patching: Mapping[str, Any]) -> dict[str, Figure]:
         direction: plot_patching_heatmap(
             patching[direction]["normalized" if defined else "raw"],
             patching["layers"],
-            patching["positions"],
+            patching.get("sites") or patching["positions"],
             normalized=defined,
             title=f"{direction} (0 = paid run, 1 = free run)"
             if defined

@@ -170,10 +170,12 @@ def _patching(s: Mapping[str, Any]) -> str | None:
     pt = s.get("patching")
     if not pt or pt.get("peak_layer") is None:
         return None
-    if gap_state(s.get("compliance")) != "positive":
+    if gap_state(s.get("compliance")) != "positive" or not str(pt.get("peak_unit") or "").startswith(
+        "fraction"
+    ):
         return (
             f"activation patching is reported in nats only (peak at layer {pt['peak_layer']}, "
-            f"'{pt.get('peak_position')}'), since there is no gap to normalize by"
+            f"'{pt.get('peak_position')}'), since the patched prompts show no gap to normalize by"
         )
     eff = pt.get("peak_effect")
     eff_txt = f", recovering {_pct(eff)} of the free run's metric" if eff is not None else ""
