@@ -175,7 +175,7 @@ def _line_search(
 
 
 def _newton_dual(
-    K: Tensor, y: Tensor, w: Tensor, C: float, max_iter: int, tol: float
+    K: Tensor, y: Tensor, w: Tensor, C: float, max_iter: int, tol: float, group: Tensor | None = None
 ) -> tuple[Tensor, Tensor, int]:
     """Newton in the span of the rows: ``coef = Z^T alpha`` and ``f = K alpha + b`` for the kernels ``K = Z Z^T``.
 
@@ -183,14 +183,17 @@ def _newton_dual(
     curvatures, ``g`` the loss gradients) is solved through the Schur complement of its ``n x n`` block, and that
     block through ``(I + DK)^-1 = I - S M^-1 S K`` with ``S = D^(1/2)`` and ``M = I + S K S``, which is symmetric
     positive definite (eigenvalues at least 1), so one Cholesky factorization per step. Problems leave the batch once
-    converged, so later iterations factorize only the slow ones.
+    converged, so later iterations factorize only the slow ones. With ``group`` (one index per problem), ``K``
+    holds one kernel per group and problem ``i`` uses ``K[group[i]]``: problems that differ only in their labels
+    share a kernel, built once.
     """
-    b, n, _ = K.shape
+    b, n = y.shape
     alpha, k_alpha, icpt = K.new_zeros(b, n), K.new_zeros(b, n), K.new_zeros(b)
     active = torch.arange(b, device=K.device)
     it = 0
     for it in range(1, max_iter + 1):  # noqa: B007
-        Ka, ya, wa, al, ka, ic = _take(active, b, K, y, w, alpha, k_alpha, icpt)
+        ya, wa, al, ka, ic = _take(active, b, y, w, alpha, k_alpha, icpt)
+        Ka = K[group[active]] if group is not None else _take(active, b, K)[0]
         f = ka + ic[:, None]
         p = torch.sigmoid(f)
         g = C * wa * (p - ya)
