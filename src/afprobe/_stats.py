@@ -105,13 +105,15 @@ def min_detectable_shift(
     n_sims: int = 200,
     seed: int = 0,
     grid: int = 24,
+    offset: float = 0.0,
 ) -> float | None:
     """The smallest shift ``delta`` added to the centred ``values`` (one per pair) that ``detects(values,
     groups)`` flags in at least ``power`` of ``n_sims`` simulated studies of the same size, each drawing its
     requests with replacement from the measured ones (the measured noise, its clustering by request included).
 
-    ``delta`` is bisected on a grid of ``grid`` multiples of the mean's cluster standard error (up to 8 SE; power
-    grows with the shift); None when even the largest is not detected (or there are fewer than 2 requests)."""
+    ``delta`` is bisected on the grid ``offset + k * SE / (grid / 8)``, ``k = 1..grid`` (up to 8 cluster standard
+    errors of the mean beyond ``offset``, e.g. a test's own minimum effect; power grows with the shift); None when
+    even the largest is not detected (or there are fewer than 2 requests)."""
     v = np.asarray(values, dtype=float)
     inverse, _ = request_resample_counts(groups, 1, 0)
     n_req = int(inverse.max()) + 1 if len(v) else 0
@@ -128,7 +130,7 @@ def min_detectable_shift(
         rows = np.concatenate([members[g] for g in pick])
         labels = np.concatenate([np.full(len(members[g]), k) for k, g in enumerate(pick)])
         studies.append((centred[rows], labels))
-    deltas = np.linspace(0.0, 8.0, grid + 1)[1:] * se
+    deltas = offset + np.linspace(0.0, 8.0, grid + 1)[1:] * se
 
     def powered(i: int) -> bool:
         hits = sum(bool(detects(noise + deltas[i], lab)) for noise, lab in studies)
