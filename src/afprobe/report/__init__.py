@@ -8,9 +8,10 @@ from afprobe.report._html import REPORT_FILE, SUMMARY_FILE, collect_figures, ren
 from afprobe.report._setup import describe_setup, read_setup, write_setup
 from afprobe.report._summary import STAGE_FILES, build_summary, read_stage
 from afprobe.report._verdict import (
-    DECODABLE_AUROC,
-    MIN_SELECTIVITY,
+    ALPHA,
+    MIN_PROBE_REQUESTS,
     RANDOM_SDS,
+    STABLE_AGREEMENT,
     SUBSPACE_MAJORITY,
     TRANSFER_ACCURACY,
     caveats,
@@ -21,10 +22,11 @@ from afprobe.report._verdict import (
 )
 
 __all__ = [
-    "DECODABLE_AUROC",
-    "MIN_SELECTIVITY",
+    "ALPHA",
+    "MIN_PROBE_REQUESTS",
     "RANDOM_SDS",
     "REPORT_FILE",
+    "STABLE_AGREEMENT",
     "STAGE_FILES",
     "SUBSPACE_MAJORITY",
     "SUMMARY_FILE",
