@@ -137,6 +137,11 @@ def test_decodable_claim_rests_on_the_test_and_names_only_a_stable_site() -> Non
     text = verdict(s)
     assert "no stable best layer" in text and "layer 27, 'user_end', in 4 of 5" in text
     assert "best at layer" not in text
+    s["probes"]["decodable_from_layer"], s["probes"]["layer_p"] = (
+        None,
+        {"2": 0.01, "3": 0.02, "5": 0.01, "6": 0.5},
+    )
+    assert "decodable after the cue at layers 2-3, 5 (family-wise corrected)" in verdict(s)
     s["probes"]["p_value"] = None
     assert "was not tested" in verdict(s) and "decodable after the cue" not in verdict(s)
     s = _summary(_gap(0.0, -0.1, 0.1, status="not significant"))

@@ -147,12 +147,24 @@ def _probes(s: Mapping[str, Any]) -> str | None:
     if pv > alpha:
         return f"the tier is not shown to be linearly decodable after the cue ({base})"
     first = p.get("decodable_from_layer")
-    where = (
-        f"at every layer from {first} on (family-wise corrected)"
-        if first is not None
-        else "though no run of layers to the last is decodable after correction"
-    )
+    layers = sorted(int(k) for k, v in (p.get("layer_p") or {}).items() if v is not None and v <= alpha)
+    if first is not None:
+        where = f"at every layer from {first} on (family-wise corrected)"
+    elif layers:
+        where = f"at layer{'s' if len(layers) > 1 else ''} {_ranges(layers)} (family-wise corrected)"
+    else:
+        where = "as a whole, though no single layer is after correction"
     return f"the tier is linearly decodable after the cue {where} ({base}); {_site(p)}"
+
+
+def _ranges(xs: list[int]) -> str:
+    """``[1, 2, 3, 7]`` -> ``1-3, 7``."""
+    out, start = [], xs[0]
+    for a, b in zip(xs, [*xs[1:], None], strict=True):
+        if b != a + 1:
+            out.append(f"{start}" if start == a else f"{start}-{a}")
+            start = b if b is not None else a
+    return ", ".join(out)
 
 
 def steering_beyond_random(s: Mapping[str, Any]) -> bool | None:
