@@ -72,6 +72,7 @@ def test_logit_metric_matches_a_plain_forward(tiny_lm, tiny_items, backend: str)
         ("I apologize for the misunderstanding, but as a chatbot, I'm designed to provide", "unclear"),
         ("I'm sorry for any confusion, but I cannot help with that.", "rejected"),
         ("I'm sorry, but I won't do that.", "rejected"),
+        ("I'm sorry for any confusion, but as a chatbot, I'm not equipped to assist with that.", "rejected"),
     ],
 )
 def test_prefix_classifier(text: str, verdict: str) -> None:

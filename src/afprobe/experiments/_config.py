@@ -25,7 +25,7 @@ class ComplianceConfig(StrictModel):
 
     batch_size: int = Field(default=8, ge=1)
     generate: bool = True
-    max_new_tokens: int = Field(default=48, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
     sample: bool = False
     temperature: float = Field(default=1.0, gt=0)
     use_cache: bool = True
