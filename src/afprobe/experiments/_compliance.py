@@ -359,6 +359,10 @@ def compliance_note(summary: dict[str, Any], min_gap: float) -> str:
                 f"The neutral (control) system prompt also shows a gap ({control['gap']:+.3f}, Holm-corrected "
                 "across the breakdowns): that part of the tier effect is not about training."
             )
+        elif control["status"] == "none":
+            parts.append(
+                f"The neutral (control) system prompt shows no gap ({control['gap']:+.3f}, |gap| < {min_gap})."
+            )
         else:
             parts.append("The neutral (control) system prompt shows no significant gap (Holm-corrected).")
     for name, c in (logit.get("control_contrast") or {}).items():
