@@ -175,6 +175,9 @@ def test_caveats_are_computed_from_the_numbers() -> None:
     s["compliance"]["tag_probability"] = {"free": 0.001, "paid": 0.002, "all": 0.0015}
     s["compliance"]["unclear_rate"], s["compliance"]["max_unclear"] = {"all": 0.78}, 0.2
     s["compliance"]["power"] = {"min_detectable_gap": 0.11}
+    s["compliance"]["control_contrast"] = {
+        "helpful_only": {"difference": 0.086, "ci": [0.077, 0.096], "status": "significant"}
+    }
     text = " ".join(caveats(s))
     assert "Only 6 requests" in text
     assert "does not clearly beat the surface-feature baseline (0.91" in text
@@ -185,6 +188,7 @@ def test_caveats_are_computed_from_the_numbers() -> None:
         "either tag with probability 0.0015 only" in text and "78% of generated responses are unclear" in text
     )
     assert "a held-out AUROC of 0.64 at one site" in text and "a logit gap of 0.11 nats" in text
+    assert "differs from the neutral control's by +0.086 nats" in text
     clean = " ".join(caveats(_summary(_gap(1.2, 0.8, 1.6))))
     assert "Only" not in clean and "surface-feature" not in clean and "transfer poorly" not in clean
     assert "unclear" not in clean and "Power" not in clean

@@ -325,6 +325,14 @@ def _compliance_caveats(c: Mapping[str, Any]) -> list[str]:
             f"{tags.get('free') or 0:.2g}, paid {tags.get('paid') or 0:.2g}): the logit metric is the model's "
             "preference between the tags conditional on using one, not how often it complies."
         )
+    for name, dd in (c.get("control_contrast") or {}).items():
+        if dd.get("status") == "significant" and dd.get("difference") is not None:
+            lo, hi = dd["ci"]
+            out.append(
+                f"The tier gap under {name} differs from the neutral control's by {dd['difference']:+.3f} nats "
+                f"(difference-in-differences, CI [{lo:+.3f}, {hi:+.3f}]): the training framing changes how the "
+                "model responds to the tier, whatever the overall gap."
+            )
     rate, limit = (c.get("unclear_rate") or {}).get("all"), c.get("max_unclear")
     if rate is not None and limit is not None and rate > limit:
         out.append(
