@@ -137,6 +137,13 @@ def test_decodable_claim_rests_on_the_test_and_names_only_a_stable_site() -> Non
     text = verdict(s)
     assert "no stable best layer" in text and "layer 27, 'user_end', in 4 of 5" in text
     assert "best at layer" not in text
+    s["probes"]["stability"] = {
+        "n_folds": 2,
+        "agreement": 0.5,
+        "modal": {"layer": 6, "position": "last", "count": 1},
+        "sites": [[6, "last"], [24, "user_end"]],
+    }
+    assert "a different one in each of the 2 outer folds: 6 'last', 24 'user_end'" in verdict(s)
     s["probes"]["decodable_from_layer"], s["probes"]["layer_p"] = (
         None,
         {"2": 0.01, "3": 0.02, "5": 0.01, "6": 0.5},

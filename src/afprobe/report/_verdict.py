@@ -117,9 +117,16 @@ def _site(p: Mapping[str, Any]) -> str:
     if agree >= STABLE_AGREEMENT:
         return f"best at layer {layer}, '{pos}' (chosen in {round(agree * n)} of {n} outer folds)"
     m = st.get("modal") or {}
+    if (m.get("count") or 0) > 1:
+        varies = f"most often layer {m.get('layer')}, '{m.get('position')}', in {m.get('count')} of {n}"
+    else:
+        sites = ", ".join(f"{a} '{b}'" for a, b in st.get("sites") or [])
+        varies = (
+            f"a different one in each of the {n} outer folds: {sites}" if sites else f"{n} different ones"
+        )
     return (
-        f"no stable best layer: the site chosen varies across outer folds (most often layer {m.get('layer')}, "
-        f"'{m.get('position')}', in {m.get('count')} of {n}; the full-data choice is layer {layer}, '{pos}')"
+        f"no stable best layer: the site chosen varies across outer folds ({varies}; the full-data choice is "
+        f"layer {layer}, '{pos}')"
     )
 
 
