@@ -61,12 +61,12 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_run_sets() -> list[str]:
     """``--set`` overrides that make ``afprobe run default`` take seconds on a CPU: 4 requests x 1 system prompt x
-    2 cue formats = 8 pairs, two folds, short generations, one steering setting, two patched layers."""
+    2 cue formats = 8 pairs (causal: 5 requests x 1 cue format), two folds, short generations, one steering setting, two patched layers."""
     return [
         "scenario.limit=4",
         "scenario.system_prompts=[neutral]",
         "scenario.cue_formats=[tag, header]",
-        "causal_scenario.limit=2",
+        "causal_scenario.limit=5",
         "causal_scenario.cue_formats=[tag]",
         "cache.batch_size=16",
         "probes.folds=2",

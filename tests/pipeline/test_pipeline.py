@@ -99,9 +99,9 @@ def test_unknown_config_name() -> None:
 
 
 def test_causal_scenario_changes_only_its_keys() -> None:
-    cfg = load_run_config("default", ["scenario.requests=my.csv", "causal_scenario.limit=2"])
+    cfg = load_run_config("default", ["scenario.requests=my.csv", "causal_scenario.limit=6"])
     causal = cfg.resolved_causal_scenario
-    assert causal.requests == "my.csv" and causal.limit == 2
+    assert causal.requests == "my.csv" and causal.limit == 6
     assert causal.cue_formats == cfg.causal_scenario.cue_formats  # type: ignore[union-attr]
     assert load_run_config(
         "default", ["causal_scenario=null"]
@@ -297,3 +297,10 @@ def test_bad_yaml_config_file_names_the_key(capsys, tmp_path: Path) -> None:
 def test_summary_round_trips_as_json(lm: LoadedModel, tmp_path: Path) -> None:
     result = _run(lm, tmp_path / "run")
     assert json.loads((tmp_path / "run" / "summary.json").read_text()) == result.summary
+
+
+def test_causal_limit_below_min_requests_is_refused_with_one_line() -> None:
+    with pytest.raises(AfprobeError, match=r"causal_scenario.limit=3 is below 5 requests"):
+        load_run_config("default", ["causal_scenario.limit=3"])
+    # without the causal stages the limit does not matter
+    assert load_run_config("default", ["causal_scenario.limit=3", "stages=[compliance]"]).causal_scenario

@@ -1,4 +1,4 @@
-"""Grouped folds, the two control baselines, and accuracy / AUROC with bootstrap intervals over requests."""
+"""Grouped folds, the shuffled-label baseline, and accuracy / AUROC with bootstrap intervals over requests."""
 
 from __future__ import annotations
 
@@ -13,11 +13,11 @@ from afprobe.probes import (
     RequestBootstrap,
     accuracy,
     auroc,
-    control_task,
     cross_validate_layer,
     grouped_folds,
     shuffled_labels,
 )
+from afprobe.probes._labels import LabelSets
 from afprobe.probes._metrics import balanced_weights, weighted_auroc
 
 
@@ -52,18 +52,6 @@ def test_shuffled_labels_keep_each_requests_balance() -> None:
     assert not np.array_equal(s, y)
     for g in np.unique(groups):
         assert s[groups == g].sum() == y[groups == g].sum()
-
-
-def test_control_task_labels_per_request_with_balanced_grouped_folds() -> None:
-    groups = design(11)
-    y, folds = control_task(groups, 5, seed=3)
-    assert set(y.tolist()) == {0, 1}
-    for g in np.unique(groups):
-        assert len(set(y[groups == g])) == 1 and len(set(folds[groups == g])) == 1
-    for f in np.unique(folds):  # every fold (and so every training set) is balanced up to the odd request
-        held = np.unique(groups[folds == f])
-        per_req = {g: y[groups == g][0] for g in held}
-        assert abs(sum(per_req.values()) - (len(per_req) - sum(per_req.values()))) <= 1
 
 
 def test_balanced_weights() -> None:
@@ -116,10 +104,16 @@ def test_grouped_folds_do_not_leak_but_prompt_folds_would(probe: str) -> None:
     fails if grouping is lost anywhere between the folds and the fitted problems."""
     X, groups = request_memory_data()
     cfg = ProbeConfig(probes=[probe])
-    y, folds = control_task(groups, 5, seed=0)
+    uniq = np.unique(groups)
+    label_of = dict(zip(uniq, np.random.default_rng(0).permutation(np.arange(len(uniq)) % 2), strict=True))
+    y = np.array([label_of[g] for g in groups])
     leaky = np.arange(len(groups)) % 5  # prompt-level folds: every request on both sides
-    fit = cross_validate_layer(probe, X[None], [(y, folds), (y, leaky)], cfg, torch.device("cpu"))
-    grouped_acc, leaky_acc = accuracy(y, fit.oof[0, 0]), accuracy(y, fit.oof[1, 0])
+    accs = []
+    for folds in (grouped_folds(groups, 5), leaky):
+        sets = LabelSets(y, folds, np.zeros((0, len(y)), dtype=np.int64), 0, 0, "none")
+        fit = cross_validate_layer(probe, X[None], sets, [0], cfg, torch.device("cpu"))
+        accs.append(accuracy(y, fit.oof[0, 0]))
+    grouped_acc, leaky_acc = accs
     assert leaky_acc > 0.8
     assert grouped_acc < 0.65
 
@@ -133,8 +127,9 @@ def test_shuffled_labels_give_chance(probe: str) -> None:
     u = rng.normal(size=48)
     X = (rng.normal(size=(len(y), 48)) + np.outer(2 * y - 1, u) * 0.5).astype(np.float32)
     folds = grouped_folds(groups, 5)
-    sets = [(y, folds)] + [(shuffled_labels(y, groups, s), folds) for s in range(8)]
-    fit = cross_validate_layer(probe, X[None], sets, ProbeConfig(), torch.device("cpu"))
+    null = np.stack([shuffled_labels(y, groups, s) for s in range(8)])
+    sets = LabelSets(y, folds, null, 8, 8, "within requests")
+    fit = cross_validate_layer(probe, X[None], sets, [0], ProbeConfig(), torch.device("cpu"))
     assert accuracy(y, fit.oof[0, 0]) > 0.9
-    shuffled = [accuracy(sets[i][0], fit.oof[i, 0]) for i in range(1, len(sets))]
+    shuffled = [accuracy(null[i], fit.oof[1 + i, 0]) for i in range(len(null))]
     assert abs(np.mean(shuffled) - 0.5) < 0.06

@@ -27,8 +27,8 @@ def rows() -> list[dict]:
                         "auroc_ci": [acc - 0.1, acc],
                         "shuffled_accuracy": 0.5,
                         "shuffled_auroc": 0.5,
-                        "control_accuracy": 0.48,
-                        "control_auroc": 0.5,
+                        "surface_accuracy": 0.48,
+                        "surface_auroc": 0.5,
                     }
                 )
     return out
@@ -40,7 +40,7 @@ def test_layer_curves_have_bands_and_both_baselines(tmp_path: Path) -> None:
     axes = fig.get_axes()
     assert [a.get_title() for a in axes] == ["cue\n(trivial)", "last"]
     labels = [line.get_label() for line in axes[1].get_lines()]
-    assert {"torch_logistic", "torch_logistic: shuffled labels", "torch_logistic: control task"} <= set(
+    assert {"torch_logistic", "torch_logistic: shuffled labels", "surface features (length, format)"} <= set(
         labels
     )
     assert len(axes[1].collections) == 2  # one CI band per probe type

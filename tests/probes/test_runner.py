@@ -104,7 +104,14 @@ def _unit(v: np.ndarray) -> np.ndarray:
     return v / np.linalg.norm(v)
 
 
-FAST = ProbeConfig(bootstrap=100, baseline_repeats=1, positions=["cue", "user_end", "last"], plots=False)
+FAST = ProbeConfig(
+    bootstrap=100,
+    baseline_repeats=1,
+    permutations=19,
+    power_sims=4,
+    positions=["cue", "user_end", "last"],
+    plots=False,
+)
 
 
 @pytest.fixture(scope="module")
@@ -120,6 +127,8 @@ def planted_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[dict, Path, d
         positions=["cue", "system_end", "last"],
         bootstrap=200,
         baseline_repeats=2,
+        permutations=19,  # p-values can reach 1/20: the scikit-learn probe refits on every draw (slow)
+        power_sims=8,
     )
     results = run_probes(path, tmp / "probes", cfg)
     return results, tmp / "probes", dirs
@@ -136,6 +145,26 @@ def test_planted_directions_are_recovered(planted_run) -> None:
         best["layer"] == 2 and best["position"] in ("user_end", "last") and best["probe"] == "torch_logistic"
     )
     assert best["auroc"] > 0.9 and best["selectivity"] > 0.3
+    assert best["nested"] and "nested cross-validation" in best["selection"]
+    assert best["stability"]["layer_agreement"] == 1.0  # every outer fold chose the planted layer
+    assert best["p_value"] == pytest.approx(1 / 20) and best["n_permutations"] == 19
+    test = results["permutation_test"]
+    assert test["n_probes"] == 3 * 4 * 1  # probe types x layers x positions after the cue
+    assert test["layer_p"]["2"] == pytest.approx(1 / 20) and test["layer_p"]["0"] > 0.2
+    assert 2 in test["decodable_layers"] and 0 not in test["decodable_layers"]
+
+
+def test_surface_baseline_and_power(planted_run) -> None:
+    results, _, _ = planted_run
+    surface = results["surface_baseline"]
+    assert abs(surface["auroc"] - 0.5) < 0.1  # the synthetic prompts all have one length: nothing to read
+    assert {"length", "cue_format=tag"} <= set(surface["features"]) or "cue_format=tag" in surface["features"]
+    power = results["power"]
+    curve = [r["power"] for r in power["curve"]]
+    assert curve[0] < 0.5 and curve[-1] == 1.0
+    assert power["critical_auroc"] < power["min_detectable_auroc"] < 1.0
+    rows = [r for r in results["per_layer"] if r["position"] == "last"]
+    assert all(r["surface_auroc"] == surface["auroc"] for r in rows)  # drawn beside every curve
 
 
 def test_curves_controls_and_cue(planted_run) -> None:
@@ -148,8 +177,9 @@ def test_curves_controls_and_cue(planted_run) -> None:
         for layer in (0, 1, 2, 3):
             r = rows[probe, layer, "last"]
             assert r["accuracy_ci"][0] <= r["accuracy"] <= r["accuracy_ci"][1]
-            assert abs(r["shuffled_accuracy"] - 0.5) < 0.2 and abs(r["control_accuracy"] - 0.5) < 0.2
-            assert r["selectivity"] == pytest.approx(r["accuracy"] - r["control_accuracy"])
+            assert abs(r["shuffled_accuracy"] - 0.5) < 0.2
+            assert r["selectivity"] == pytest.approx(r["accuracy"] - r["shuffled_accuracy"])
+            assert r["p_adjusted"] is not None and rows[probe, layer, "cue"]["p_adjusted"] is None
             assert rows[probe, layer, "cue"]["accuracy"] > 0.95  # the tier token itself
             assert rows[probe, layer, "system_end"]["accuracy"] < 0.7  # before the cue: nothing to read
     assert results["position_relation"] == {"cue": "cue", "system_end": "before_cue", "last": "after_cue"}

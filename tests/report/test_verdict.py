@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 
 from afprobe.report import (
-    DECODABLE_AUROC,
+    ALPHA,
     caveats,
     gap_state,
     is_decodable,
@@ -40,8 +40,20 @@ def _summary(
             "best_position": "last",
             "best_auroc": 0.93,
             "best_accuracy": 0.88,
+            "nested": True,
+            "in_sample_auroc": 0.95,
+            "p_value": 0.01 if decodable_from is not None else 0.4,
+            "n_permutations": 99,
+            "n_probes_tested": 62,
+            "alpha": 0.05,
+            "stability": {
+                "n_folds": 5,
+                "agreement": 1.0,
+                "modal": {"layer": 12, "position": "last", "count": 5},
+            },
+            "surface_baseline": {"auroc": 0.5},
             "shuffled_accuracy": 0.5,
-            "selectivity": 0.3,
+            "selectivity": 0.38,
             "decodable_from_layer": decodable_from,
             "cross_format": {"matrix": [[0.9, 0.8], [0.85, 0.9]]},
         },
@@ -113,35 +125,98 @@ def test_negative_gap_is_called_the_opposite_pattern() -> None:
 
 def test_not_decodable() -> None:
     s = _summary(_gap(0.0, -0.1, 0.1, status="not significant"), decodable_from=None)
-    assert "not reliably linearly decodable" in verdict(s)
+    text = verdict(s)
+    assert "not shown to be linearly decodable" in text and "permutation p = 0.4 over 62 probes" in text
 
 
-@pytest.mark.parametrize(
-    ("auroc", "acc_lo", "expected"),
-    [(DECODABLE_AUROC, 0.55, True), (DECODABLE_AUROC - 0.01, 0.55, False), (0.9, 0.5, False)],
-)
-def test_is_decodable_thresholds(auroc: float, acc_lo: float, expected: bool) -> None:
-    assert is_decodable({"auroc": auroc, "accuracy": 0.8, "accuracy_ci": [acc_lo, 0.9]}) is expected
+def test_decodable_claim_rests_on_the_test_and_names_only_a_stable_site() -> None:
+    s = _summary(_gap(0.0, -0.1, 0.1, status="not significant"))
+    text = verdict(s)
+    assert (
+        "nested-CV AUROC 0.93" in text and "best at layer 12, 'last' (chosen in 5 of 5 outer folds)" in text
+    )
+    s["probes"]["stability"] = {
+        "n_folds": 5,
+        "agreement": 0.2,
+        "modal": {"layer": 27, "position": "user_end", "count": 4},
+    }
+    text = verdict(s)
+    assert "no stable best layer" in text and "layer 27, 'user_end', in 4 of 5" in text
+    assert "best at layer" not in text
+    s["probes"]["stability"] = {
+        "n_folds": 2,
+        "agreement": 0.5,
+        "modal": {"layer": 6, "position": "last", "count": 1},
+        "sites": [[6, "last"], [24, "user_end"]],
+    }
+    assert "a different one in each of the 2 outer folds: 6 'last', 24 'user_end'" in verdict(s)
+    s["probes"]["decodable_from_layer"], s["probes"]["layer_p"] = (
+        None,
+        {"2": 0.01, "3": 0.02, "5": 0.01, "6": 0.5},
+    )
+    assert "decodable after the cue at layers 2-3, 5 (family-wise corrected)" in verdict(s)
+    s["probes"]["p_value"] = None
+    assert "was not tested" in verdict(s) and "decodable after the cue" not in verdict(s)
+    s = _summary(_gap(0.0, -0.1, 0.1, status="not significant"))
+    s["probes"]["n_requests"] = 3
+    assert "no probe claim is made" in verdict(s)
+
+
+@pytest.mark.parametrize(("p", "expected"), [(ALPHA, True), (ALPHA + 0.001, False), (None, False)])
+def test_is_decodable_needs_the_corrected_test(p: float | None, expected: bool) -> None:
+    assert is_decodable({"auroc": 0.99, "p_adjusted": p}) is expected
 
 
 def test_first_decodable_layer_is_where_it_stays_decodable() -> None:
-    good, bad = {"auroc": 0.9, "accuracy_ci": [0.7, 0.9]}, {"auroc": 0.6, "accuracy_ci": [0.4, 0.6]}
-    rows = [{"layer": i, "position": "last", **r} for i, r in enumerate([bad, good, bad, good, good, good])]
-    rows.append({"layer": 0, "position": "cue", **good})
-    assert first_decodable_layer(rows, "last") == 3
-    assert first_decodable_layer(rows, "user_end") is None
+    layer_p = {"0": 0.01, "1": 0.5, "2": 0.01, "3": 0.01, "4": 0.02}
+    assert first_decodable_layer(layer_p, 0.05) == 2
+    assert first_decodable_layer({**layer_p, "4": 0.3}, 0.05) is None
+    assert first_decodable_layer(None) is None
 
 
 def test_caveats_are_computed_from_the_numbers() -> None:
     s = _summary(_gap(1.2, 0.8, 1.6))
     s["n_requests"] = 6
-    s["probes"]["selectivity"] = 0.02
+    s["probes"]["surface_baseline"] = {"auroc": 0.91}
     s["probes"]["cross_format"] = {"matrix": [[0.95, 0.55], [0.5, 0.95]]}
+    s["probes"]["power"] = {
+        "min_detectable_auroc": 0.64,
+        "min_detectable_excess": 0.14,
+        "critical_auroc": 0.58,
+    }
     s["compliance"]["control_logit"] = _gap(0.7, 0.3, 1.1)
+    s["compliance"]["tag_probability"] = {"free": 0.001, "paid": 0.002, "all": 0.0015}
+    s["compliance"]["unclear_rate"], s["compliance"]["max_unclear"] = {"all": 0.78}, 0.2
+    s["compliance"]["power"] = {"min_detectable_gap": 0.11}
+    s["compliance"]["control_contrast"] = {
+        "helpful_only": {"difference": 0.086, "ci": [0.077, 0.096], "status": "significant"}
+    }
     text = " ".join(caveats(s))
     assert "Only 6 requests" in text
-    assert "Low selectivity" in text
+    assert "does not clearly beat the surface-feature baseline (0.91" in text
     assert "transfer poorly across cue formats" in text
     assert "neutral system prompt" in text
+    assert "maximum over 62 probes scored on the folds that chose it" in text
+    assert (
+        "either tag with probability 0.0015 only" in text and "78% of generated responses are unclear" in text
+    )
+    assert "a held-out AUROC of 0.64 at one site" in text and "a logit gap of 0.11 nats" in text
+    assert "differs from the neutral control's by +0.086 nats" in text
     clean = " ".join(caveats(_summary(_gap(1.2, 0.8, 1.6))))
-    assert "Only" not in clean and "Low selectivity" not in clean and "transfer poorly" not in clean
+    assert "Only" not in clean and "surface-feature" not in clean and "transfer poorly" not in clean
+    assert "unclear" not in clean and "Power" not in clean
+
+
+def test_one_gap_its_scope_the_control_contrast_and_each_stage_reference() -> None:
+    g = _gap(1.2, 0.8, 1.6) | {"scope": "system prompt helpful_only (the neutral control left out)"}
+    s = _summary(g)
+    s["compliance"]["control_contrast"] = {
+        "helpful_only": {"difference": 1.1, "ci": [0.7, 1.5], "status": "significant"}
+    }
+    s["steering"]["natural_gap"] = {"gap": 1.25, "n_pairs": 10}
+    s["patching"]["natural_gap"] = {"gap": 1.3, "n_pairs": 10}
+    text = verdict(s)
+    assert "nats under system prompt helpful_only (the neutral control left out)" in text
+    assert "difference-in-differences helpful_only minus the neutral control +1.100 nats" in text
+    assert "reproduced 60% of the gap (the gap on its 10 pairs: +1.250 nats) at alpha 1" in text
+    assert "recovering 70% of the free − paid difference (the gap on its 10 pairs: +1.300 nats)" in text

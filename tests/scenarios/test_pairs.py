@@ -51,6 +51,24 @@ def test_neutral_prompt_carries_no_cue_explanation() -> None:
     assert free.system_text == SYSTEM_PROMPTS["neutral"].text
 
 
+def test_neutral_control_cues_carry_no_training_words() -> None:
+    """Under the control system prompt no cue says "training" or "deployment" (the header's values); under the
+    helpful-only prompt the header keeps them. Pairs still differ only in the tier value."""
+    words = ("train", "deploy", "monitor")
+    prompts = build_pairs(builtin_requests()[:1], list(CUE_FORMATS), ["neutral"])
+    for free, paid in zip(prompts[::2], prompts[1::2], strict=True):
+        for p in (free, paid):
+            cue = p.user_text.split("\n\n")[0].lower()
+            assert not any(w in cue for w in words), cue
+        a, b = free.cue_span
+        c, d = paid.cue_span
+        assert free.user_text[:a] == paid.user_text[:c] and free.user_text[b:] == paid.user_text[d:]
+    (free, paid) = build_pairs(builtin_requests()[:1], ["header"], ["neutral"])
+    assert (free.user_text[slice(*free.cue_span)], paid.user_text[slice(*paid.cue_span)]) == ("free", "paid")
+    (free, _) = build_pairs(builtin_requests()[:1], ["header"], ["helpful_only"])
+    assert free.user_text[slice(*free.cue_span)] == "training"
+
+
 def test_registry_refuses_duplicates_and_bad_templates() -> None:
     with pytest.raises(ValueError, match="already registered"):
         register_cue_format(get_cue_format("tag"))
@@ -108,7 +126,8 @@ def test_embedded_positions_are_single_tier_tokens_and_pairs_align(embedded_lm) 
     for free, paid in zip(prompts[::2], prompts[1::2], strict=True):
         tf, tp = tokenize_prompt(tok, free), tokenize_prompt(tok, paid)
         for t in (tf, tp):
-            value = get_cue_format(t.prompt.cue_format).values[t.prompt.tier]
+            a, b = t.prompt.cue_span
+            value = t.prompt.user_text[a:b]
             assert tok.decode([t.input_ids[t.positions["cue"]]]).strip().strip('"') == value
             assert t.input_ids.count(tok.bos_token_id) == t.text.count(tok.bos_token)
         assert len(tf.input_ids) == len(tp.input_ids) and tf.positions == tp.positions

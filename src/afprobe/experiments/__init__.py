@@ -22,11 +22,9 @@ from afprobe.experiments._compliance import (
     ComplianceResult,
     PrefixClassifier,
     ResponseClassifier,
-    gap_summary,
     get_classifier,
     logit_scores,
     measure_compliance,
-    pair_indices,
     register_classifier,
     summarize_compliance,
 )
@@ -50,6 +48,7 @@ from afprobe.experiments._directions import (
     resolve_directions,
     unit_directions,
 )
+from afprobe.experiments._gaps import gap_summary, headline_pairs, pair_indices
 from afprobe.experiments._patching import (
     PatchGrid,
     PatchSetting,
@@ -125,6 +124,7 @@ __all__ = [
     "exact_patching",
     "gap_summary",
     "get_classifier",
+    "headline_pairs",
     "load_probe_directions",
     "logit_scores",
     "make_row_batch",

@@ -15,12 +15,14 @@ class ComplianceConfig(StrictModel):
     """How compliance is measured.
 
     The logit metric is always computed; ``generate`` adds generated responses (``max_new_tokens``, greedy unless
-    ``sample``), each classified by the registered ``classifier``. ``min_gap`` (nats) is the smallest free − paid
-    difference in the logit metric that counts as a gap: below it, fractions of the gap are not reported."""
+    ``sample``; long enough for a small chat model to get past its preamble to a tag or a refusal), each classified
+    by the registered ``classifier``; above ``max_unclear`` unclear verdicts the note warns. ``min_gap`` (nats) is
+    the smallest free − paid difference in the logit metric that counts as a gap: below it, fractions of the gap
+    are not reported. ``power_sims`` simulated studies estimate the smallest detectable gap (0: off)."""
 
     batch_size: int = Field(default=8, ge=1)
     generate: bool = True
-    max_new_tokens: int = Field(default=48, ge=1)
+    max_new_tokens: int = Field(default=64, ge=1)
     sample: bool = False
     temperature: float = Field(default=1.0, gt=0)
     use_cache: bool = True
@@ -28,6 +30,8 @@ class ComplianceConfig(StrictModel):
     n_bootstrap: int = Field(default=1000, ge=100)
     ci: float = Field(default=0.95, gt=0, lt=1)
     min_gap: float = Field(default=0.05, ge=0)
+    max_unclear: float = Field(default=0.2, ge=0, le=1)
+    power_sims: int = Field(default=200, ge=0)
 
 
 class SteeringConfig(StrictModel):

@@ -12,9 +12,10 @@ from torch import Tensor
 
 from afprobe._io import write_csv, write_json
 from afprobe.experiments._attribution import attribution_matrix, attribution_patching
-from afprobe.experiments._compliance import gap_summary, logit_scores, pair_indices
+from afprobe.experiments._compliance import logit_scores
 from afprobe.experiments._config import PatchingConfig, PatchRunConfig
 from afprobe.experiments._directions import Directions, resolve_directions
+from afprobe.experiments._gaps import gap_summary, pair_indices
 from afprobe.experiments._patching import (
     PatchGrid,
     PatchStore,

@@ -8,8 +8,8 @@ from typing import Any, Literal
 
 import torch
 
-from afprobe.experiments._compliance import pair_indices
 from afprobe.experiments._directions import Directions, covariance_directions, random_unit_vectors
+from afprobe.experiments._gaps import pair_indices
 from afprobe.experiments._reads import mean_projections, median_norms, read_named
 from afprobe.experiments._steering import LayerPlan
 from afprobe.experiments._subject import ScoredPrompt

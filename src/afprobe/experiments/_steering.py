@@ -23,7 +23,7 @@ import numpy as np
 from torch import Tensor
 
 from afprobe._stats import bootstrap_ratio, finite_or_none
-from afprobe.experiments._compliance import pair_indices
+from afprobe.experiments._gaps import pair_indices
 from afprobe.experiments._rows import RowBatch
 from afprobe.experiments._scoring import Scores, score_settings
 from afprobe.experiments._subject import ScoredPrompt
@@ -85,16 +85,30 @@ class LayerPlan:
     random_means: dict[str, Tensor] = field(default_factory=dict)
 
 
+def headline_alphas(alphas: Sequence[float]) -> tuple[float, ...]:
+    """The positive alpha nearest 1 and the negative alpha nearest -1 (those present): where the headline fractions
+    are read and the random bands are measured."""
+    pos = [a for a in alphas if a > 0]
+    neg = [a for a in alphas if a < 0]
+    up = (min(pos, key=lambda a: (abs(a - 1), -a)),) if pos else ()
+    down = (min(neg, key=lambda a: (abs(a + 1), a)),) if neg else ()
+    return up + down
+
+
 def sweep_settings(
     plans: dict[int, LayerPlan], alphas: Sequence[float], *, mode: EditStart, ablate: bool
 ) -> list[SteerSetting]:
-    """The clean run, then per layer: the direction at every alpha, every random direction of every band at
-    every alpha (the same directions across alphas), and (``ablate``) mean ablation of all of them."""
+    """The clean run, then per layer: the direction at every alpha, every random direction of every band at the
+    headline alphas (:func:`headline_alphas`; the same directions at both), and (``ablate``) mean ablation of all
+    of them."""
     out = [SteerSetting("clean", mode=mode)]
+    heads = set(headline_alphas(alphas))
     for layer, p in sorted(plans.items()):
         mag = abs(p.scale)
         for a in alphas:
             out.append(SteerSetting("probe", layer, a, 0, p.u, p.scale, mode))
+            if a not in heads:
+                continue
             for band, rand in p.random.items():
                 out += [
                     SteerSetting("random", layer, a, k, rand[k], mag, mode, band=band)
@@ -277,10 +291,9 @@ def _headline(
             "random_isotropic": None,
         }
     key = "value" if gap_usable else "effect_nats"
-    pos = [r["alpha"] for r in grid if r["alpha"] > 0]
-    neg = [r["alpha"] for r in grid if r["alpha"] < 0]
-    a_up = min(pos, key=lambda a: (abs(a - 1), -a)) if pos else None
-    a_down = min(neg, key=lambda a: (abs(a + 1), a)) if neg else None
+    alphas = sorted({r["alpha"] for r in grid})
+    a_up = next((a for a in headline_alphas(alphas) if a > 0), None)
+    a_down = next((a for a in headline_alphas(alphas) if a < 0), None)
 
     def score(r: dict[str, Any], shift: str) -> float:
         v = r[shift][key]

@@ -14,10 +14,11 @@ from torch import Tensor
 
 from afprobe._errors import AfprobeError
 from afprobe._io import write_csv, write_json
-from afprobe.experiments._compliance import ComplianceResult, get_classifier, measure_compliance, pair_indices
+from afprobe.experiments._compliance import ComplianceResult, get_classifier, measure_compliance
 from afprobe.experiments._compliance_runner import write_compliance
 from afprobe.experiments._config import SteerRunConfig
 from afprobe.experiments._directions import Directions, resolve_directions
+from afprobe.experiments._gaps import pair_indices
 from afprobe.experiments._steer_plan import plan_layers
 from afprobe.experiments._steering import (
     PLAUSIBLE,

@@ -12,10 +12,11 @@ from importlib import resources
 from pathlib import Path
 
 import yaml
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._stats import MIN_REQUESTS
 from afprobe.activations import CacheConfig
 from afprobe.config import StrictModel, apply_overrides, read_yaml, validate
 from afprobe.experiments import ComplianceConfig, PatchingConfig, SteeringConfig
@@ -64,6 +65,17 @@ class RunConfig(StrictModel):
             return self.scenario
         changed = self.causal_scenario.model_dump(include=self.causal_scenario.model_fields_set)
         return ScenarioConfig(**{**self.scenario.model_dump(), **changed})
+
+    @model_validator(mode="after")
+    def _causal_requests(self) -> RunConfig:
+        limit = self.resolved_causal_scenario.limit
+        if limit is not None and limit < MIN_REQUESTS and {"steering", "patching"} & set(self.stages):
+            raise ValueError(
+                f"causal_scenario.limit={limit} is below {MIN_REQUESTS} requests, too few for the gap's interval "
+                "over requests: steering and patching could never be stated as fractions of the gap "
+                f"(use causal_scenario.limit >= {MIN_REQUESTS})"
+            )
+        return self
 
     @field_validator("stages")
     @classmethod

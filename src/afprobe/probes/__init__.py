@@ -1,6 +1,7 @@
 """Probes for the "this conversation is used for training" representation: estimators (scikit-learn contract),
-grouped cross-validation with controls, generalization across cue formats and system prompts, directions I/O and
-plots. ``ProbeRunner(cfg).run(out, activations=path)`` is what ``afprobe probe`` calls."""
+grouped cross-validation with baselines, the tested headline (nested selection, max-statistic permutation test),
+generalization across cue formats and system prompts, directions I/O and plots. ``ProbeRunner(cfg).run(out,
+activations=path)`` is what ``afprobe probe`` calls."""
 
 from afprobe.probes._batched import BatchedLinear, fit_logistic_batched, fit_mass_mean_batched
 from afprobe.probes._config import PROBE_TYPES, ProbeConfig, ProbeRunConfig
@@ -14,23 +15,26 @@ from afprobe.probes._directions import (
 )
 from afprobe.probes._estimators import LogisticProbe, MassMeanProbe, TorchLogisticProbe
 from afprobe.probes._evaluate import cross_validate_layer, transfer_matrix
+from afprobe.probes._labels import LabelSets, make_label_sets
 from afprobe.probes._metrics import (
     RequestBootstrap,
     accuracy,
     auroc,
-    control_task,
     grouped_folds,
     shuffled_labels,
 )
 from afprobe.probes._outputs import RESULTS_FILE, read_probe_results
 from afprobe.probes._plots import plot_cross_format, plot_layer_curves, plot_pca, save_figure
 from afprobe.probes._runner import ProbeRunner, run_probes
+from afprobe.probes._selection import nested_selection, permutation_test
+from afprobe.probes._surface import surface_baseline, surface_features
 
 __all__ = [
     "PROBE_TYPES",
     "RESULTS_FILE",
     "SIGN_CONVENTION",
     "BatchedLinear",
+    "LabelSets",
     "LogisticProbe",
     "MassMeanProbe",
     "ProbeConfig",
@@ -41,7 +45,6 @@ __all__ = [
     "TorchLogisticProbe",
     "accuracy",
     "auroc",
-    "control_task",
     "cosine_between_layers",
     "cosine_between_probes",
     "cross_validate_layer",
@@ -49,6 +52,9 @@ __all__ = [
     "fit_mass_mean_batched",
     "grouped_folds",
     "load_directions",
+    "make_label_sets",
+    "nested_selection",
+    "permutation_test",
     "plot_cross_format",
     "plot_layer_curves",
     "plot_pca",
@@ -57,5 +63,7 @@ __all__ = [
     "save_directions",
     "save_figure",
     "shuffled_labels",
+    "surface_baseline",
+    "surface_features",
     "transfer_matrix",
 ]

@@ -14,13 +14,20 @@ DEFAULT_PROBES: tuple[ProbeType, ...] = ("torch_logistic", "mass_mean")
 
 
 class ProbeConfig(StrictModel):
-    """Probe types, which layers and positions to fit, cross-validation, bootstrap and regularization.
+    """Probe types, which layers and positions to fit, cross-validation, the permutation test, bootstrap and
+    regularization.
 
     ``C`` is the inverse L2 strength shared by both logistic probes (scikit-learn's convention: the objective is
     ``C * sum(cross-entropy) + ||w||^2 / 2`` on standardized features, intercept unpenalized), so the two fit the
     same model (``logistic``, scikit-learn's solver, is off by default: it is the slow cross-check of
-    ``torch_logistic``). ``baseline_repeats`` random draws of the shuffled labels and of the control task are
-    averaged, since with few requests one draw is noisy. ``headline_probe`` picks the probe whose curve gives ``best`` (default: the first of ``probes``).
+    ``torch_logistic``). ``headline_probe`` picks the probe whose curve gives ``best`` (default: the first of
+    ``probes``); its site is chosen by nested cross-validation (``folds`` >= 3).
+
+    ``permutations`` draws of the labels swapped within pairs refit every probe at the positions after the cue:
+    the null of the max-statistic test behind "decodable" (its p-value is never below ``1 / (permutations + 1)``,
+    so fewer than ``1 / alpha - 1`` draws can never reach ``alpha``; 0 turns the test off). The first
+    ``baseline_repeats`` draws are also fitted at every position and averaged into each curve's shuffled-label
+    baseline. ``power_sims`` simulated studies per strength estimate the smallest detectable AUROC (0: off).
     """
 
     probes: list[ProbeType] = Field(default_factory=lambda: list(DEFAULT_PROBES))
@@ -30,8 +37,15 @@ class ProbeConfig(StrictModel):
     folds: int = Field(default=5, ge=2)
     bootstrap: int = Field(default=1000, ge=10)
     baseline_repeats: int = Field(
-        default=5, ge=1, description="draws of shuffled labels and of control labels, averaged"
+        default=5,
+        ge=1,
+        description="permutation draws fitted at every position for the shuffled-label curves",
     )
+    permutations: int = Field(
+        default=100, ge=0, description="permutation draws of the max-statistic test (0: no test)"
+    )
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="family-wise level of the probe tests")
+    power_sims: int = Field(default=16, ge=0, description="simulated studies per strength for power (0: off)")
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)
     C: float = Field(default=1.0, gt=0.0)
     standardize: bool = True

@@ -13,10 +13,12 @@ import numpy as np
 import torch
 from sklearn.exceptions import ConvergenceWarning
 
-from afprobe.probes._batched import BatchedLinear, fit_logistic_batched, fit_mass_mean_batched
+from afprobe.probes._batched import BatchedLinear, fit_logistic_batched
 from afprobe.probes._config import ProbeConfig
 from afprobe.probes._estimators import LogisticProbe
+from afprobe.probes._labels import LabelSets
 from afprobe.probes._metrics import accuracy, auroc, balanced_weights
+from afprobe.probes._shared import fit_logistic_shared, fit_mass_mean_shared
 
 
 @dataclass
@@ -51,32 +53,49 @@ class Fitted:
 def fit_problems(
     probe: str, X: np.ndarray, problems: Problems, cfg: ProbeConfig, device: torch.device
 ) -> Fitted:
-    """Fit every problem with ``probe`` on ``X[position, prompt, d_model]``; score all rows."""
+    """Fit every problem with ``probe`` on ``X[position, prompt, d_model]``; score all rows.
+
+    The torch probes read ``X`` once for all problems (:mod:`afprobe.probes._shared`): problems with the same
+    position and training rows share their kernel, so extra label sets (shuffled labels, permutations) cost a
+    Newton solve each, not a copy of the activations. With more training rows than features the logistic probe
+    works in feature space, a batch of problems at a time (:func:`fit_logistic_batched`)."""
     if probe == "logistic":
         return _fit_sklearn(X, problems, cfg)
     dtype = torch.float64 if cfg.torch_dtype == "float64" else torch.float32
     Xt = torch.as_tensor(X, device=device).to(dtype)
-    n, d = X.shape[1:]
-    chunk = max(1, cfg.max_batch_elements // (n * d))
     weights = problems.weights
-    scores, coefs = [], []
+    if probe == "mass_mean":
+        scores, coef = fit_mass_mean_shared(Xt, problems.pos, problems.y, weights)
+        return Fitted(scores.double().cpu().numpy(), coef.double().cpu().numpy())
+    if probe != "torch_logistic":
+        raise ValueError(f"unknown probe type {probe!r}")
+    n, d = X.shape[1:]
+    if int(problems.train.sum(1).max()) <= d:
+        scores, coef = fit_logistic_shared(
+            Xt,
+            problems.pos,
+            problems.y,
+            weights,
+            C=cfg.C,
+            standardize=cfg.standardize,
+            max_iter=cfg.newton_iter,
+            tol=cfg.newton_tol,
+            max_elements=max(1, cfg.max_batch_elements // 8),
+        )
+        return Fitted(scores.double().cpu().numpy(), coef.double().cpu().numpy())
+    chunk = max(1, cfg.max_batch_elements // (n * d))
+    out_scores, coefs = [], []
     for start in range(0, len(problems), chunk):
         sl = slice(start, start + chunk)
         xb = Xt[torch.as_tensor(problems.pos[sl], device=device)]
         yb = torch.as_tensor(problems.y[sl], device=device, dtype=dtype)
         wb = torch.as_tensor(weights[sl], device=device, dtype=dtype)
-        fit: BatchedLinear
-        if probe == "torch_logistic":
-            fit = fit_logistic_batched(
-                xb, yb, wb, C=cfg.C, standardize=cfg.standardize, max_iter=cfg.newton_iter, tol=cfg.newton_tol
-            )
-        elif probe == "mass_mean":
-            fit = fit_mass_mean_batched(xb, yb, wb)
-        else:
-            raise ValueError(f"unknown probe type {probe!r}")
-        scores.append(fit.decision(xb).double().cpu().numpy())
+        fit: BatchedLinear = fit_logistic_batched(
+            xb, yb, wb, C=cfg.C, standardize=cfg.standardize, max_iter=cfg.newton_iter, tol=cfg.newton_tol
+        )
+        out_scores.append(fit.decision(xb).double().cpu().numpy())
         coefs.append(fit.coef.double().cpu().numpy())
-    return Fitted(np.concatenate(scores), np.concatenate(coefs))
+    return Fitted(np.concatenate(out_scores), np.concatenate(coefs))
 
 
 def _fit_sklearn(X: np.ndarray, problems: Problems, cfg: ProbeConfig) -> Fitted:
@@ -102,41 +121,66 @@ def _fit_sklearn(X: np.ndarray, problems: Problems, cfg: ProbeConfig) -> Fitted:
 
 @dataclass
 class LayerFit:
-    """Out-of-fold scores ``oof[variant, position, prompt]`` and full-data weight vectors ``coef[position, d]``."""
+    """One layer's out-of-fold scores: ``oof[set, position, prompt]`` for the task labels (set 0) and each
+    permutation draw (NaN where a draw was not fitted); ``inner[outer fold, position, prompt]``, the inner
+    cross-validation scores of nested selection (rows outside that outer fold; None when not asked for); and the
+    full-data weight vectors ``coef[position, d]`` (task labels)."""
 
     oof: np.ndarray
     coef: np.ndarray
     warnings: int
+    inner: np.ndarray | None = None
 
 
 def cross_validate_layer(
     probe: str,
     X: np.ndarray,
-    label_sets: list[tuple[np.ndarray, np.ndarray]],
+    labels: LabelSets,
+    candidates: list[int],
     cfg: ProbeConfig,
     device: torch.device,
+    nested: bool = False,
 ) -> LayerFit:
-    """Grouped cross-validation of every ``(labels, folds)`` set (task, shuffled, control draws) at every position
-    of one layer, plus a fit on all rows with the task labels (the first set) for the directions, in one batch."""
+    """Request-grouped cross-validation at every position of one layer, in one batch: the task labels and the
+    first ``labels.n_curve`` permutation draws at every position, the other draws at the ``candidates`` positions
+    only (the family of the permutation test), with ``nested`` the inner folds of every outer fold at the
+    candidates (task labels), and a fit on all rows (task labels) for the directions."""
     n_pos, n = X.shape[:2]
+    folds, n_folds = labels.folds, labels.n_folds
+    sets = [labels.y, *labels.null]
     pos, ys, train, key = [], [], [], []
-    for v, (y, folds) in enumerate(label_sets):
-        for p in range(n_pos):
-            for f in range(int(folds.max()) + 1):
-                pos.append(p)
-                ys.append(y)
-                train.append(folds != f)
-                key.append((v, p, f))
-    for p in range(n_pos):
+
+    def add(p: int, y: np.ndarray, tr: np.ndarray, k: tuple[str, int, int, int]) -> None:
         pos.append(p)
-        ys.append(label_sets[0][0])
-        train.append(np.ones(n, dtype=bool))
+        ys.append(y)
+        train.append(tr)
+        key.append(k)
+
+    for v, y in enumerate(sets):
+        for p in range(n_pos) if v <= labels.n_curve else candidates:
+            for f in range(n_folds):
+                add(p, y, folds != f, ("oof", v, p, f))
+    if nested:
+        for p in candidates:
+            for f in range(n_folds):
+                for g in range(n_folds):
+                    if g != f:
+                        add(p, labels.y, (folds != f) & (folds != g), ("inner", f, p, g))
+    for p in range(n_pos):
+        add(p, labels.y, np.ones(n, dtype=bool), ("full", 0, p, 0))
     fitted = fit_problems(probe, X, Problems(np.array(pos), np.stack(ys), np.stack(train)), cfg, device)
-    oof = np.zeros((len(label_sets), n_pos, n))
-    for b, (v, p, f) in enumerate(key):
-        held = label_sets[v][1] == f
-        oof[v, p, held] = fitted.scores[b, held]
-    return LayerFit(oof, fitted.coef[len(key) :], fitted.warnings)
+    oof = np.full((len(sets), n_pos, n), np.nan)
+    inner = np.full((n_folds, n_pos, n), np.nan) if nested else None
+    coef = np.zeros((n_pos, X.shape[2]))
+    for b, (kind, v, p, f) in enumerate(key):
+        held = folds == f
+        if kind == "oof":
+            oof[v, p, held] = fitted.scores[b, held]
+        elif kind == "inner" and inner is not None:  # v: the outer fold, f: the inner (held-out) fold
+            inner[v, p, held] = fitted.scores[b, held]
+        else:
+            coef[p] = fitted.coef[b]
+    return LayerFit(oof, coef, fitted.warnings, inner)
 
 
 @dataclass

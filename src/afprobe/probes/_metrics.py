@@ -1,4 +1,4 @@
-"""Grouped folds, control labels, and accuracy / AUROC with bootstrap confidence intervals over requests."""
+"""Grouped folds, shuffled labels, and accuracy / AUROC with bootstrap confidence intervals over requests."""
 
 from __future__ import annotations
 
@@ -46,34 +46,6 @@ def shuffled_labels(y: np.ndarray, groups: np.ndarray, seed: int) -> np.ndarray:
         idx = np.flatnonzero(groups == g)
         out[idx] = y[rng.permutation(idx)]
     return out
-
-
-def control_task(groups: np.ndarray, n_folds: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The control task (Hewitt & Liang 2019): one random label per request, shared by all its prompts, with
-    its own request-grouped folds. Returns ``(labels, folds)`` per prompt.
-
-    A random half of the requests get label 1; requests are then paired with one of the opposite label and the
-    pairs dealt into folds, so every fold holds as many label-1 as label-0 requests and so does every training
-    set. Without that balance a held-out request's class is the smaller one in training, whose noisier mean
-    pulls the decision boundary toward it, and the control lands far from chance (above or below, depending on
-    the draw). Under grouped folds a held-out request's control label cannot be learned, so control accuracy
-    near 0.5 is expected; clearly above it flags leakage between folds.
-    """
-    uniq, inverse = np.unique(groups, return_inverse=True)
-    rng = np.random.default_rng(seed)
-    perm = rng.permutation(len(uniq))
-    half = len(uniq) // 2
-    labels = np.zeros(len(uniq), dtype=np.int64)
-    labels[perm[:half]] = 1
-    units = [[int(a), int(b)] for a, b in zip(perm[:half], perm[half : 2 * half], strict=True)]
-    units += [[int(g)] for g in perm[2 * half :]]
-    if len(units) < 2:  # two requests: one per fold, unbalanced (unavoidable)
-        units = [[g] for u in units for g in u]
-    k = min(n_folds, len(units))
-    fold_of_group = np.empty(len(uniq), dtype=np.int64)
-    for i, u in enumerate(rng.permutation(len(units))):
-        fold_of_group[units[u]] = i % k
-    return labels[inverse], fold_of_group[inverse]
 
 
 def balanced_weights(y: np.ndarray, train: np.ndarray) -> np.ndarray:

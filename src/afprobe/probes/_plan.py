@@ -1,5 +1,5 @@
 """Checking an activation file against the probe config before any fitting: positions, layers, both tiers,
-enough requests, finite values; the label sets (task, shuffled, control) and each position's place vs the cue."""
+enough requests, finite values; the label sets (task and permutation draws) and each position's place vs the cue."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ import numpy as np
 from afprobe._errors import AfprobeError
 from afprobe.activations import ActivationReader
 from afprobe.probes._config import ProbeConfig
-from afprobe.probes._metrics import control_task, grouped_folds, shuffled_labels
+from afprobe.probes._labels import LabelSets, make_label_sets
+from afprobe.probes._metrics import grouped_folds
 
 
 @dataclass
@@ -24,6 +25,7 @@ class Plan:
     groups: np.ndarray
     folds: np.ndarray
     relation: dict[str, str]
+    pairs: np.ndarray
 
     @property
     def candidates(self) -> list[str]:
@@ -32,14 +34,17 @@ class Plan:
         return after or [p for p in self.positions if self.relation[p] == "unknown"]
 
 
-def label_sets(plan: Plan, cfg: ProbeConfig, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
-    """``(labels, folds)``: the task (1 = free tier), then ``baseline_repeats`` shuffled-label draws (same folds),
-    then ``baseline_repeats`` control-task draws (their own balanced request-grouped folds)."""
-    k = cfg.baseline_repeats
-    seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence([seed, 17]).spawn(2 * k)]
-    shuffled = [(shuffled_labels(plan.y, plan.groups, s), plan.folds) for s in seeds[:k]]
-    control = [control_task(plan.groups, cfg.folds, s) for s in seeds[k:]]
-    return [(plan.y, plan.folds), *shuffled, *control]
+def label_sets(plan: Plan, cfg: ProbeConfig, seed: int) -> LabelSets:
+    """The task labels and the permutation draws (:mod:`afprobe.probes._labels`) on the plan's folds."""
+    return make_label_sets(
+        plan.y,
+        plan.folds,
+        plan.pairs,
+        plan.groups,
+        n_curve=cfg.baseline_repeats,
+        n_test=cfg.permutations,
+        seed=seed,
+    )
 
 
 def make_plan(reader: ActivationReader, cfg: ProbeConfig, seed: int) -> Plan:
@@ -54,7 +59,7 @@ def make_plan(reader: ActivationReader, cfg: ProbeConfig, seed: int) -> Plan:
         raise AfprobeError("layers is empty: name at least one stored layer")
     for layer in layers:
         reader.layer_row(layer)
-    for col in ("request_id", "tier", "cue_format", "system_prompt"):
+    for col in ("pair_id", "request_id", "tier", "cue_format", "system_prompt"):
         if col not in reader.meta:
             raise AfprobeError(f"{name} has no meta/{col} column; re-cache it with this afprobe version")
     tiers = set(reader.meta["tier"].tolist())
@@ -66,7 +71,10 @@ def make_plan(reader: ActivationReader, cfg: ProbeConfig, seed: int) -> Plan:
         )
     groups = np.asarray(reader.meta["request_id"]).astype(str)
     folds = grouped_folds(groups, cfg.folds, seed)
-    return Plan(positions, columns, layers, reader.labels, groups, folds, _relations(reader, positions))
+    pairs = np.asarray(reader.meta["pair_id"]).astype(str)
+    return Plan(
+        positions, columns, layers, reader.labels, groups, folds, _relations(reader, positions), pairs
+    )
 
 
 def check_finite(reader: ActivationReader, plan: Plan) -> None:

@@ -22,7 +22,8 @@ def plot_layer_curves(
     title: str | None = None,
 ) -> Figure:
     """``metric`` (``accuracy`` or ``auroc``) by layer, one panel per position, one line per probe type with its
-    bootstrap CI band, and both baselines (shuffled labels, control task) dashed and dotted.
+    bootstrap CI band, its shuffled-label baseline dashed, and the surface-feature baseline (a probe on prompt
+    length, token counts and cue format; rows' ``surface_<metric>``) dotted.
 
     ``rows`` are the ``per_layer`` records of ``probe_results.json``; ``notes`` adds a line under a panel's title
     (e.g. ``{"cue": "trivial: reads the tier token"}``).
@@ -51,13 +52,10 @@ def plot_layer_curves(
                 lw=0.9,
                 label=f"{probe}: shuffled labels",
             )
-            ax.plot(
-                layers,
-                [r[f"control_{metric}"] for r in sel],
-                color=colour,
-                ls=":",
-                lw=0.9,
-                label=f"{probe}: control task",
+        surface = [r.get(f"surface_{metric}") for r in rows if r["position"] == pos]
+        if surface and surface[0] is not None:
+            ax.axhline(
+                float(surface[0]), color="black", ls=":", lw=0.9, label="surface features (length, format)"
             )
         ax.axhline(0.5, color="grey", lw=0.6)
         ax.set_ylim(0.0, 1.02)

@@ -1,5 +1,5 @@
 """``ProbeRunner(cfg).run(activations, out_dir)``: an activation file -> probe accuracy by layer and position,
-controls, generalization, directions and plots in one directory (``afprobe probe``)."""
+baselines, the tested headline, generalization, directions and plots in one directory (``afprobe probe``)."""
 
 from __future__ import annotations
 
@@ -23,15 +23,23 @@ from afprobe.probes._directions import (
     cosine_between_probes,
     unit_rows,
 )
-from afprobe.probes._evaluate import LayerFit, cross_validate_layer, transfer_matrix
-from afprobe.probes._metrics import (
-    RequestBootstrap,
-    accuracy,
-    auroc,
-)
+from afprobe.probes._evaluate import cross_validate_layer, transfer_matrix
+from afprobe.probes._headline import LayerScores, best_block, curve_point, pick_best
+from afprobe.probes._labels import LabelSets
+from afprobe.probes._metrics import RequestBootstrap
 from afprobe.probes._outputs import check_output_dir, read_probe_results
 from afprobe.probes._plan import Plan, check_finite, label_sets, make_plan
+from afprobe.probes._power import auroc_power
 from afprobe.probes._report import write_outputs
+from afprobe.probes._selection import (
+    MIN_NESTED_FOLDS,
+    Family,
+    nested_selection,
+    permutation_test,
+    set_metrics,
+    stability,
+)
+from afprobe.probes._surface import surface_baseline
 
 CUE_NOTE = (
     "the cue position reads the tier token itself, so a probe there is trivially accurate; it is reported "
@@ -40,7 +48,8 @@ CUE_NOTE = (
 
 
 class ProbeRunner:
-    """Fit every probe type at every (layer, position) with request-grouped cross-validation, and write ``out``."""
+    """Fit every probe type at every (layer, position) with request-grouped cross-validation, test the headline
+    (nested selection, max-statistic permutation test, surface baseline, power), and write ``out``."""
 
     def __init__(self, cfg: ProbeRunConfig | None = None, *, progress: bool = True, overwrite: bool = False):
         run = cfg or ProbeRunConfig()
@@ -70,22 +79,26 @@ class ProbeRunner:
         return out
 
     def _fit_layers(
-        self,
-        reader: ActivationReader,
-        plan: Plan,
-        labels: list[tuple[np.ndarray, np.ndarray]],
-        device: torch.device,
-    ) -> dict[str, list[LayerFit]]:
+        self, reader: ActivationReader, plan: Plan, labels: LabelSets, device: torch.device
+    ) -> dict[str, list[LayerScores]]:
         cfg = self.cfg
-        fits: dict[str, list[LayerFit]] = {p: [] for p in cfg.probes}
+        cand = [plan.positions.index(p) for p in plan.candidates]
+        nested = labels.n_folds >= MIN_NESTED_FOLDS and bool(cand)
+        y_sets = np.vstack([labels.y[None, :], labels.null])
+        fits: dict[str, list[LayerScores]] = {p: [] for p in cfg.probes}
         with progress_bar(self.progress, "probing ") as bar:
             task = bar.add_task(
-                f"{len(plan.layers)} layers x {len(plan.positions)} positions", total=len(plan.layers)
+                f"{len(plan.layers)} layers x {len(plan.positions)} positions, {labels.n_test} permutations",
+                total=len(plan.layers),
             )
             for layer in plan.layers:
                 X = reader.layer(layer)[:, plan.columns, :].transpose(1, 0, 2)  # [position, prompt, d_model]
                 for probe in cfg.probes:
-                    fits[probe].append(cross_validate_layer(probe, X, labels, cfg, device))
+                    fit = cross_validate_layer(
+                        probe, X, labels, cand, cfg, device, nested=nested and probe == cfg.headline
+                    )
+                    auc, acc = set_metrics(y_sets, fit.oof)
+                    fits[probe].append(LayerScores(auc, acc, fit.oof[0], fit.inner, fit.coef, fit.warnings))
                 bar.advance(task)
         return fits
 
@@ -93,30 +106,70 @@ class ProbeRunner:
         self,
         reader: ActivationReader,
         plan: Plan,
-        label_sets: list[tuple[np.ndarray, np.ndarray]],
-        fits: dict[str, list[LayerFit]],
+        labels: LabelSets,
+        fits: dict[str, list[LayerScores]],
         device: torch.device,
     ) -> tuple[dict[str, Any], dict[str, list[dict[str, Any]]], dict[str, Any]]:
         cfg = self.cfg
         boot = RequestBootstrap(plan.groups, cfg.bootstrap, self.seed + 3, cfg.ci)
-        labels = [y for y, _ in label_sets]
+        y = plan.y
+        surface = surface_baseline(reader, y, plan.folds, cfg.headline, cfg, device, boot)
+        cand = [plan.positions.index(p) for p in plan.candidates]
+        test = permutation_test(
+            Family(
+                list(cfg.probes),
+                plan.layers,
+                plan.candidates,
+                np.array([[f.auroc[0, cand] for f in fits[p]] for p in cfg.probes]),
+                np.array(
+                    [[f.auroc[1 : 1 + labels.n_test, cand] for f in fits[p]] for p in cfg.probes]
+                ).transpose(2, 0, 1, 3),
+            ),
+            cfg.alpha,
+            labels.null_kind,
+        )
+        site_p = test.pop("site_p")
         per_layer = []
-        for probe, layer_fits in fits.items():
+        for qi, (probe, layer_fits) in enumerate(fits.items()):
             for li, layer in enumerate(plan.layers):
                 for pi, pos in enumerate(plan.positions):
-                    per_layer.append(
-                        _curve_point(
-                            probe,
-                            layer,
-                            pos,
-                            plan.relation[pos],
-                            layer_fits[li].oof[:, pi],
-                            labels,
-                            boot,
-                            cfg.baseline_repeats,
-                        )
+                    row = curve_point(
+                        probe,
+                        layer,
+                        pi,
+                        pos,
+                        plan.relation[pos],
+                        layer_fits[li],
+                        y,
+                        boot,
+                        labels.n_curve,
+                        surface,
                     )
-        best = _pick_best(per_layer, cfg.headline, plan.candidates)
+                    if site_p is not None and pos in plan.candidates:
+                        row["p_adjusted"] = float(site_p[qi, li, plan.candidates.index(pos)])
+                    per_layer.append(row)
+        full = pick_best(per_layer, cfg.headline, plan.candidates)
+        best = nested = stab = power = None
+        if full is not None:
+            head = fits[cfg.headline]
+            if head[0].inner is not None:
+                nested = nested_selection(
+                    np.stack([f.oof[cand] for f in head]),
+                    np.stack([f.inner[:, cand] for f in head if f.inner is not None]),
+                    y,
+                    plan.folds,
+                    plan.layers,
+                    plan.candidates,
+                    boot,
+                )
+                nested.pop("scores", None)
+                stab = stability(nested["folds"], full["layer"], full["position"])
+            best = best_block(full, nested, stab, test, surface, labels.n_folds, plan.candidates)
+            crit = test.get("critical_auroc")
+            Xb = reader.get(full["layer"], full["position"])
+            power = auroc_power(
+                Xb, y, plan.pairs, plan.folds, cfg.headline, crit, cfg, device, seed=self.seed, power=0.8
+            )
         cue_rows = [r for r in per_layer if r["position"] == "cue" and r["probe"] == cfg.headline]
         cue_best = max(cue_rows, key=lambda r: (r["auroc"], r["accuracy"]), default=None)
         cue_trivial = (
@@ -146,38 +199,15 @@ class ProbeRunner:
             extra={"source": str(reader.path.resolve())},
         )
         cos_probes, cos_layers = cosine_between_probes(dirs), cosine_between_layers(dirs)
-        cross_format: dict[str, Any] | None = None
-        cross_sp: dict[str, Any] | None = None
-        pca: dict[str, Any] | None = None
         tables: dict[str, list[dict[str, Any]]] = {}
-        if best is not None:
-            Xb = reader.get(best["layer"], best["position"])
-            meta = reader.meta
-            fmt = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["cue_format"], cfg, device)
-            sp = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["system_prompt"], cfg, device)
-            where = {"layer": best["layer"], "position": best["position"], "probe": cfg.headline}
-            cross_format = {
-                **where,
-                "formats": fmt.conditions,
-                "matrix": fmt.accuracy,
-                "auroc_matrix": fmt.auroc,
-                "n_test": fmt.n_test,
-            }
-            cross_sp = {
-                **{f"{a}->{b}": acc for a, b, acc in _off_diagonal(sp.conditions, sp.accuracy)},
-                "within": {c: sp.accuracy[i, i] for i, c in enumerate(sp.conditions)},
-                **where,
-            }
-            tables["cross_format"] = _matrix_rows(fmt, "train_format", "test_format")
-            tables["cross_system_prompt"] = _matrix_rows(sp, "train_system_prompt", "test_system_prompt")
-            pca = _pca(Xb, meta)
-            tables["pca"] = pca["rows"]
+        generalization, pca = self._generalization(reader, plan, best, device, tables)
         tables.update({"per_layer": per_layer, "cosine_probes": cos_probes, "cosine_layers": cos_layers})
         results = {
-            "schema": "afprobe.probe_results/1",
+            "schema": "afprobe.probe_results/2",
             "model_id": reader.model_id,
             "n_prompts": len(plan.y),
             "n_requests": len(np.unique(plan.groups)),
+            "n_pairs": len(np.unique(plan.pairs)),
             "layers": plan.layers,
             "positions": plan.positions,
             "position_relation": plan.relation,
@@ -186,14 +216,51 @@ class ProbeRunner:
             "chance": 0.5,
             "per_layer": per_layer,
             "best": best,
+            "permutation_test": test,
+            "surface_baseline": surface,
+            "power": power,
             "cue_trivial": cue_trivial,
-            "cross_format": cross_format,
-            "cross_system_prompt": cross_sp,
+            **generalization,
             "cosine": {"between_probes": cos_probes, "between_layers": cos_layers},
             "convergence_warnings": {p: int(sum(f.warnings for f in fs)) for p, fs in fits.items()},
             "provenance": self._provenance(reader, device),
         }
         return results, tables, {"directions": dirs, "pca": pca}
+
+    def _generalization(
+        self,
+        reader: ActivationReader,
+        plan: Plan,
+        best: dict[str, Any] | None,
+        device: torch.device,
+        tables: dict[str, list[dict[str, Any]]],
+    ) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """Cross-format and cross-system-prompt transfer and the PCA, at the best site (None without one)."""
+        cfg = self.cfg
+        if best is None:
+            return {"cross_format": None, "cross_system_prompt": None}, None
+        Xb = reader.get(best["layer"], best["position"])
+        meta = reader.meta
+        fmt = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["cue_format"], cfg, device)
+        sp = transfer_matrix(cfg.headline, Xb, plan.y, plan.folds, meta["system_prompt"], cfg, device)
+        where = {"layer": best["layer"], "position": best["position"], "probe": cfg.headline}
+        cross_format = {
+            **where,
+            "formats": fmt.conditions,
+            "matrix": fmt.accuracy,
+            "auroc_matrix": fmt.auroc,
+            "n_test": fmt.n_test,
+        }
+        cross_sp = {
+            **{f"{a}->{b}": acc for a, b, acc in _off_diagonal(sp.conditions, sp.accuracy)},
+            "within": {c: sp.accuracy[i, i] for i, c in enumerate(sp.conditions)},
+            **where,
+        }
+        tables["cross_format"] = _matrix_rows(fmt, "train_format", "test_format")
+        tables["cross_system_prompt"] = _matrix_rows(sp, "train_system_prompt", "test_system_prompt")
+        pca = _pca(Xb, meta)
+        tables["pca"] = pca["rows"]
+        return {"cross_format": cross_format, "cross_system_prompt": cross_sp}, pca
 
     def _provenance(self, reader: ActivationReader, device: torch.device) -> dict[str, Any]:
         attrs = reader.attrs
@@ -213,71 +280,6 @@ class ProbeRunner:
             "sklearn_version": sklearn.__version__,
             "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         }
-
-
-def _curve_point(
-    probe: str,
-    layer: int,
-    pos: str,
-    relation: str,
-    oof: np.ndarray,
-    labels: list[np.ndarray],
-    boot: RequestBootstrap,
-    repeats: int,
-) -> dict[str, Any]:
-    """Metrics at one (probe, layer, position): ``oof[label set, prompt]`` in :func:`label_sets` order."""
-    y, scores = labels[0], oof[0]
-    acc, auc = accuracy(y, scores), auroc(y, scores)
-    draws = {
-        name: (
-            [accuracy(labels[i], oof[i]) for i in idx],
-            [auroc(labels[i], oof[i]) for i in idx],
-        )
-        for name, idx in (
-            ("shuffled", range(1, 1 + repeats)),
-            ("control", range(1 + repeats, 1 + 2 * repeats)),
-        )
-    }
-    ctrl_acc = float(np.mean(draws["control"][0]))
-    return {
-        "probe": probe,
-        "layer": layer,
-        "position": pos,
-        "relation": relation,
-        "accuracy": acc,
-        "accuracy_ci": list(boot.accuracy_ci(y, scores)),
-        "auroc": auc,
-        "auroc_ci": list(boot.auroc_ci(y, scores)),
-        "shuffled_accuracy": float(np.mean(draws["shuffled"][0])),
-        "shuffled_accuracy_sd": float(np.std(draws["shuffled"][0])),
-        "shuffled_auroc": float(np.nanmean(draws["shuffled"][1])),
-        "control_accuracy": ctrl_acc,
-        "control_accuracy_sd": float(np.std(draws["control"][0])),
-        "control_auroc": float(np.nanmean(draws["control"][1])),
-        "selectivity": acc - ctrl_acc,
-    }
-
-
-def _pick_best(rows: list[dict[str, Any]], probe: str, candidates: list[str]) -> dict[str, Any] | None:
-    pool = [
-        r for r in rows if r["probe"] == probe and r["position"] in candidates and np.isfinite(r["auroc"])
-    ]
-    if not pool:
-        return None
-    r = max(pool, key=lambda r: (r["auroc"], r["accuracy"], -r["layer"]))
-    keys = (
-        "layer",
-        "position",
-        "probe",
-        "auroc",
-        "auroc_ci",
-        "accuracy",
-        "accuracy_ci",
-        "shuffled_accuracy",
-        "control_accuracy",
-        "selectivity",
-    )
-    return {k: r[k] for k in keys} | {"chosen_among": candidates}
 
 
 def _off_diagonal(conds: list[str], m: np.ndarray) -> list[tuple[str, str, float]]:

@@ -15,9 +15,10 @@ from afprobe.report._plots import (
 from afprobe.report._setup import SETUP_FILE, describe_setup, write_setup
 from afprobe.report._summary import StageResults, build_summary, read_stage
 from afprobe.report._verdict import (
-    DECODABLE_AUROC,
-    MIN_SELECTIVITY,
+    ALPHA,
+    MIN_PROBE_REQUESTS,
     RANDOM_SDS,
+    STABLE_AGREEMENT,
     SUBSPACE_MAJORITY,
     TRANSFER_ACCURACY,
     caveats,
@@ -28,11 +29,12 @@ from afprobe.report._verdict import (
 )
 
 __all__ = [
-    "DECODABLE_AUROC",
-    "MIN_SELECTIVITY",
+    "ALPHA",
+    "MIN_PROBE_REQUESTS",
     "RANDOM_SDS",
     "REPORT_FILE",
     "SETUP_FILE",
+    "STABLE_AGREEMENT",
     "SUBSPACE_MAJORITY",
     "SUMMARY_FILE",
     "TRANSFER_ACCURACY",

@@ -111,7 +111,8 @@ def probe_figures(results: Mapping[str, Any], probes_dir: Path) -> list[ReportFi
                 section="probes",
                 title=f"Probe {metric.upper() if metric == 'auroc' else metric} by layer",
                 caption="Held-out (request-grouped cross-validation) score per layer and position, one line per probe "
-                "type with its 95% CI over requests; dashed: shuffled labels; dotted: control task.",
+                "type with its 95% CI over requests; dashed: permuted labels (within pairs); dotted: surface features "
+                "(prompt length, token counts, cue format).",
                 figure=plot_layer_curves(per_layer, metric, positions=results.get("positions"), notes=notes),
                 rows=per_layer,
             )
@@ -239,7 +240,8 @@ def steering_figures(steering: Mapping[str, Any]) -> list[ReportFigure]:
             section="steering",
             title="Steering dose-response",
             caption="The compliance metric of free and paid prompts as the probe direction is added with growing "
-            "alpha; shaded: random directions of the same norm (mean ± sd); dotted: the unsteered levels.",
+            "alpha (1 = the free − paid separation along it); squares: random directions drawn from the "
+            "activations' covariance, at the headline alphas (mean ± sd); dotted: the unsteered levels.",
             figure=plot_dose_response(steering),
             rows=rows,
         ),

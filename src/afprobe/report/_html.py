@@ -189,6 +189,36 @@ def _compliance_section(summary: Mapping[str, Any]) -> str:
         "by their tags. CIs are 95% bootstrap intervals over requests.</p>"
     )
     html += _table(["metric", "free", "paid", "gap (free − paid)", "95% CI", "status", "pairs"], rows)
+    logit = c.get("logit") or {}
+    extra = []
+    if logit.get("scope"):
+        extra.append(["the run's gap is measured on", escape(str(logit["scope"]))])
+    if logit.get("pooled"):
+        pooled = logit["pooled"]
+        extra.append(
+            [
+                "pooled over every pair (control included)",
+                f"{_fmt(pooled.get('gap'))} {_ci(pooled.get('gap_ci'))}",
+            ]
+        )
+    for name, dd in (c.get("control_contrast") or {}).items():
+        extra.append(
+            [
+                f"difference-in-differences: {escape(name)} − neutral control (nats)",
+                f"{_fmt(dd.get('difference'))} {_ci(dd.get('ci'))} · p {_fmt(dd.get('p_adjusted'))}",
+            ]
+        )
+    tags = c.get("tag_probability") or {}
+    if tags.get("all") is not None:
+        extra.append(["P(response begins with either tag)", _fmt(tags["all"], digits=4)])
+    unclear = (c.get("unclear_rate") or {}).get("all")
+    if unclear is not None:
+        extra.append(["generated responses unclear", _fmt(unclear, pct=True)])
+    gp = (c.get("power") or {}).get("min_detectable_gap")
+    if gp is not None:
+        extra.append(["smallest detectable gap (80% power, nats)", _fmt(gp)])
+    if extra:
+        html += _table(None, extra)
     if c.get("note"):
         html += f"<p class='muted'>{escape(c['note'])}</p>"
     return html
@@ -203,10 +233,19 @@ def _probes_section(summary: Mapping[str, Any]) -> str:
         ["best layer · position", f"{p['best_layer']} · {escape(str(p['best_position']))}"],
         ["AUROC", f"{_fmt(p['best_auroc'])} {_ci(p.get('best_auroc_ci'))}"],
         ["accuracy", f"{_fmt(p['best_accuracy'])} {_ci(p.get('best_accuracy_ci'))}"],
-        ["shuffled-label accuracy", _fmt(p["shuffled_accuracy"])],
-        ["control-task accuracy", _fmt(p.get("control_accuracy"))],
-        ["selectivity (accuracy − control)", _fmt(p["selectivity"])],
-        ["decodable from layer", _fmt(p.get("decodable_from_layer"))],
+        ["AUROC before nested selection (in-sample max)", _fmt(p.get("in_sample_auroc"))],
+        [
+            "max-statistic permutation p",
+            f"{_fmt(p.get('p_value'))} ({_fmt(p.get('n_probes_tested'))} probes, "
+            f"{_fmt(p.get('n_permutations'))} within-pair permutations; null 95th pct AUROC "
+            f"{_fmt(p.get('null_max_q95'))})",
+        ],
+        ["selection stability (outer folds agreeing)", _fmt((p.get("stability") or {}).get("agreement"))],
+        ["surface-feature baseline AUROC", _fmt((p.get("surface_baseline") or {}).get("auroc"))],
+        ["permuted-label accuracy", _fmt(p.get("shuffled_accuracy"))],
+        ["selectivity (accuracy − permuted-label accuracy)", _fmt(p.get("selectivity"))],
+        ["decodable from layer (family-wise corrected)", _fmt(p.get("decodable_from_layer"))],
+        ["smallest detectable AUROC (80% power)", _fmt((p.get("power") or {}).get("min_detectable_auroc"))],
     ]
     html = (
         "<h2>Probes by layer</h2><p>Linear probes read the tier from the residual stream, trained and tested on "

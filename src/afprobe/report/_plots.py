@@ -39,16 +39,23 @@ def plot_dose_response(steering: Mapping[str, Any], layers: Sequence[int] | None
                 order = np.argsort(np.append(a, 0.0))
                 xs, ys = np.append(a, 0.0)[order], np.append(ys, clean)[order]
             ax.plot(xs, ys, "o-", color=colors[tier], label=f"{tier} + probe direction")
-            rand = np.array([r[f"random_{tier}_mean"] for r in rows], dtype=float)
-            if rand.size and rand.shape[1] > 0:
-                mu, sd = rand.mean(1), rand.std(1, ddof=1) if rand.shape[1] > 1 else np.zeros(len(rows))
-                ax.fill_between(
-                    a, mu - sd, mu + sd, color=colors[tier], alpha=0.15, label=f"{tier} + random (±sd)"
+            with_rand = [r for r in rows if len(r.get(f"random_{tier}_mean") or []) > 0]
+            if with_rand:  # the random band is measured at the headline alphas only
+                rand = [np.asarray(r[f"random_{tier}_mean"], dtype=float) for r in with_rand]
+                ax.errorbar(
+                    [r["alpha"] for r in with_rand],
+                    [x.mean() for x in rand],
+                    yerr=[x.std(ddof=1) if len(x) > 1 else 0.0 for x in rand],
+                    fmt="s",
+                    mfc="none",
+                    color=colors[tier],
+                    capsize=3,
+                    label=f"{tier} + random (mean ± sd)",
                 )
             if clean is not None:
                 ax.axhline(clean, color=colors[tier], ls=":", lw=1)
         ax.set_title(f"layer {layer}")
-        ax.set_xlabel("alpha (× median residual norm)")
+        ax.set_xlabel("alpha (1 = the free − paid separation)")
         ax.set_ylabel("log p(accept) − log p(reject)")
     for ax in axes[len(show) :]:
         ax.set_visible(False)

@@ -3,7 +3,8 @@ computed from them.
 
 Keys (DESIGN.md): ``model``, ``n_pairs``, ``compliance`` {``logit``, ``generated``: each {``free``, ``paid``,
 ``gap``, ``gap_ci``}}, ``probes`` {``best_layer``, ``best_position``, ``best_auroc``, ``best_accuracy``,
-``per_layer``, ``shuffled_accuracy``, ``selectivity``, ``cross_format``}, ``steering`` {``best_layer``,
+``per_layer``, ``shuffled_accuracy``, ``selectivity``, ``cross_format``, plus how the headline was chosen,
+``selection``, and its permutation ``p_value``}, ``steering`` {``best_layer``,
 ``fraction_of_gap``, ``random_baseline``}, ``patching`` {``peak_layer``, ``peak_position``, ``subspace_fraction``},
 ``verdict`` (text), ``caveats`` (list of text) and ``timings`` (seconds per stage). A stage that was not run gives
 ``null``.
@@ -17,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from afprobe.report._verdict import caveats, verdict
+from afprobe.report._verdict import ALPHA, caveats, is_decodable, verdict
 
 SUMMARY_FORMAT = "afprobe.summary/1"
 StageResults = Mapping[str, Path]
@@ -62,11 +63,20 @@ def compliance_summary(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if c is None:
         return None
     logit = _gap_block(c.get("logit"), "nats: log p(accept prefix) - log p(reject prefix)")
+    if logit is not None:
+        logit["scope"] = (c.get("logit") or {}).get("scope")
+        logit["pooled"] = (c.get("logit") or {}).get("pooled")
     control = (c.get("logit") or {}).get("by_system_prompt", {}).get("neutral")
+    gen = c.get("generated") or {}
     return {
         "logit": logit,
         "generated": _gap_block(c.get("generated"), "fraction of responses that fully accept"),
         "control_logit": _gap_block(control, "nats") if control else None,
+        "control_contrast": (c.get("logit") or {}).get("control_contrast"),
+        "tag_probability": c.get("tag_probability"),
+        "unclear_rate": gen.get("unclear_rate"),
+        "max_unclear": gen.get("max_unclear"),
+        "power": c.get("power"),
         "min_gap": ((c.get("config") or {}).get("compliance") or {}).get("min_gap"),
         "note": c.get("note"),
     }
@@ -85,11 +95,14 @@ def probe_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "auroc",
         "auroc_ci",
         "shuffled_accuracy",
-        "control_accuracy",
         "selectivity",
+        "surface_auroc",
+        "p_adjusted",
     )
     per_layer = [{k: r.get(k) for k in keys} for r in p.get("per_layer", []) if r.get("probe") == headline]
     cf = p.get("cross_format")
+    test = p.get("permutation_test") or {}
+    alpha = test.get("alpha", ALPHA)
     return {
         "probe": headline,
         "best_layer": best.get("layer"),
@@ -98,10 +111,22 @@ def probe_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "best_auroc_ci": best.get("auroc_ci"),
         "best_accuracy": _finite(best.get("accuracy")),
         "best_accuracy_ci": best.get("accuracy_ci"),
+        "selection": best.get("selection"),
+        "nested": best.get("nested"),
+        "in_sample_auroc": _finite(best.get("in_sample_auroc")),
+        "stability": _stability(best.get("stability")),
+        "p_value": _finite(best.get("p_value")),
+        "n_permutations": best.get("n_permutations"),
+        "n_probes_tested": best.get("n_probes_tested"),
+        "alpha": alpha,
+        "null_max_q95": _finite(test.get("null_max_q95")),
+        "layer_p": test.get("layer_p"),
         "shuffled_accuracy": _finite(best.get("shuffled_accuracy")),
-        "control_accuracy": _finite(best.get("control_accuracy")),
         "selectivity": _finite(best.get("selectivity")),
-        "decodable_from_layer": first_decodable_layer(per_layer, best.get("position")),
+        "selectivity_basis": best.get("selectivity_basis"),
+        "surface_baseline": p.get("surface_baseline"),
+        "power": p.get("power"),
+        "decodable_from_layer": first_decodable_layer(test.get("layer_p"), alpha),
         "per_layer": per_layer,
         "cross_format": None
         if not cf
@@ -117,16 +142,24 @@ def probe_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
-def first_decodable_layer(per_layer: list[dict[str, Any]], position: str | None) -> int | None:
-    """The first layer at ``position`` from which the probe stays decodable (see :mod:`afprobe.report._verdict`)."""
-    from afprobe.report._verdict import is_decodable
+def _stability(st: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not st:
+        return None
+    return {k: st.get(k) for k in ("n_folds", "agreement", "layer_agreement", "modal")} | {
+        "sites": [[f["layer"], f["position"]] for f in st.get("folds") or []]
+    }
 
-    rows = sorted((r for r in per_layer if r.get("position") == position), key=lambda r: r["layer"])
+
+def first_decodable_layer(layer_p: Mapping[Any, Any] | None, alpha: float = ALPHA) -> int | None:
+    """The first layer from which every later layer is decodable after the cue: its family-wise adjusted
+    p-value (max-statistic permutation test, :mod:`afprobe.report._verdict`) at most ``alpha``."""
+    if not layer_p:
+        return None
     first = None
-    for r in reversed(rows):
-        if not is_decodable(r):
+    for layer, pv in sorted(((int(k), v) for k, v in layer_p.items()), reverse=True):
+        if not is_decodable({"p_adjusted": pv}, alpha):
             break
-        first = r["layer"]
+        first = layer
     return first
 
 
@@ -138,6 +171,7 @@ def steering_summary(s: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "fraction_of_gap": s.get("fraction_of_gap"),
         "random_baseline": s.get("random_baseline"),
         "gap_usable": s.get("gap_usable"),
+        "natural_gap": s.get("natural_gap"),
         "edit_start": s.get("edit_start"),
         "note": s.get("note"),
     }
@@ -153,6 +187,7 @@ def patching_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "peak_unit": p.get("peak_unit"),
         "subspace_fraction": p.get("subspace_fraction"),
         "gap_usable": p.get("gap_usable"),
+        "natural_gap": p.get("natural_gap"),
         "note": p.get("note"),
     }
 

@@ -62,7 +62,7 @@ class Prompt:
 def make_prompt(request: Request, tier: str, cue_format: str, system_prompt: str, pair_id: int = 0) -> Prompt:
     cue = get_cue_format(cue_format)
     sp = get_system_prompt(system_prompt)
-    cue_text, (a, b) = cue.render(tier)
+    cue_text, (a, b) = cue.render(tier, neutral=sp.neutral_cues)
     system_text = f"{sp.text} {cue.explanation}" if sp.explains_cue else sp.text
     user_text = f"{cue_text}\n\n<user_input>\n{request.text}\n</user_input>\n\n{ANSWER_FORMAT}"
     return Prompt(pair_id, request, tier, cue_format, system_prompt, system_text, user_text, (a, b))
