@@ -124,11 +124,34 @@ def _cell(v: Any) -> Any:
     return v
 
 
+def check_writable(path: str | Path) -> None:
+    """Refuse an output path that cannot be written before any work: one of its parents is a file, or the
+    nearest existing directory is on a read-only file system or not writable by this user."""
+    path = Path(path)
+    if path.is_dir():
+        nearest = path
+    else:
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+    if nearest.exists() and not nearest.is_dir():
+        raise AfprobeError(f"cannot write {path}: {nearest} is a file, not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        reason = "permission denied"
+        try:
+            if os.statvfs(nearest).f_flag & os.ST_RDONLY:
+                reason = "read-only file system"
+        except (OSError, AttributeError):
+            pass
+        raise AfprobeError(f"cannot write {path}: {nearest} is not writable ({reason})")
+
+
 def check_out_dir(out: Path, finished_marker: str, overwrite: bool) -> None:
-    """Refuse a file, and a directory that already holds a finished result (its ``finished_marker`` file, written
-    last) unless ``overwrite``."""
+    """Refuse a file, an output that cannot be written, and a directory that already holds a finished result (its
+    ``finished_marker`` file, written last) unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise AfprobeError(f"--out {out} is a file; give a directory")
+    check_writable(out)
     if (out / finished_marker).exists() and not overwrite:
         raise AfprobeError(f"{out} already holds {finished_marker}; pass --overwrite to replace it")
 
@@ -146,6 +169,7 @@ def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a hidden staging directory next to ``out``; on success it replaces ``out`` (whose old content is
     removed only after the new one is in place), on any error it is removed and ``out`` is left as it was."""
     out = Path(out)
+    check_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:

@@ -17,7 +17,7 @@ from afprobe._errors import AfprobeError
 from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
-from afprobe.config import StrictModel
+from afprobe.config import Seed, StrictModel
 from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend, right_pad
 from afprobe.scenarios import (
     POSITION_NAMES,
@@ -47,7 +47,7 @@ class CacheRunConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     scenario: ScenarioConfig = ScenarioConfig()
     cache: CacheConfig = CacheConfig()
-    seed: int = 0
+    seed: Seed = 0
 
 
 def resolve_layers(spec: Literal["all"] | list[int], n_layers: int, name: str) -> list[int]:

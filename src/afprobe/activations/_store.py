@@ -23,6 +23,7 @@ import h5py
 import numpy as np
 
 from afprobe._errors import AfprobeError
+from afprobe._io import check_writable
 
 META_COLUMNS = (
     "pair_id",
@@ -35,6 +36,7 @@ META_COLUMNS = (
     "request_text",
 )
 STR = h5py.string_dtype("utf-8")
+FORMAT = "afprobe.activations/1"  # the root attr ``format``; the reader refuses any other
 
 
 def partial_path(out: Path) -> Path:
@@ -52,13 +54,15 @@ def partial_run_key(out: Path) -> str | None:
 
 
 def check_output_path(out: Path, overwrite: bool) -> None:
-    """Refuse a directory, a finished file (unless ``overwrite``) or a missing parent directory."""
+    """Refuse a directory, a finished file (unless ``overwrite``), a missing parent directory, a parent that is a
+    file and a directory that cannot be written."""
     if out.is_dir():
         raise AfprobeError(
             f"output path {out} is a directory; give a file name such as {out / 'activations.h5'}"
         )
     if out.exists() and not overwrite:
         raise AfprobeError(f"{out} already exists and is finished; pass --overwrite to replace it")
+    check_writable(out)
     if not out.parent.exists():
         raise AfprobeError(f"output directory {out.parent} does not exist")
 
@@ -130,6 +134,7 @@ class ActivationWriter:
                 g.create_dataset(col, data=np.asarray(values, dtype=object), dtype=STR)
         for k, v in attrs.items():
             f.attrs[k] = v
+        f.attrs["format"] = FORMAT
         f.attrs["run_key"] = run_key
         f.attrs["n_done"] = 0
         f.attrs["complete"] = False

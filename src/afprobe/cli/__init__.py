@@ -1,6 +1,7 @@
 """The command line: ``main(argv)`` parses, loads the config and calls the same public functions as Python users.
 
-Bad input (an :class:`afprobe.AfprobeError`) prints one line and exits with code 2.
+Every problem with the input prints one line, ``afprobe: error: ...``, and exits with code 2 (see ``_boundary``);
+``afprobe --debug`` or ``AFPROBE_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
@@ -9,27 +10,29 @@ import sys
 
 import typer
 
-from afprobe import AfprobeError
 from afprobe.cli import _cache, _models, _patch, _probe, _report, _run, _steer  # noqa: F401  (registers commands)
-from afprobe.cli._app import app
+from afprobe.cli._app import DEBUG, app
+from afprobe.cli._boundary import debug_requested, describe
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI in-process and return its exit code (0 ok, 2 bad input)."""
+    """Run the CLI in-process and return its exit code (0 ok, 2 bad input, 1 a bug, 130 interrupted)."""
+    DEBUG.clear()
     try:
         app(args=argv, prog_name="afprobe", standalone_mode=False)
-    except AfprobeError as e:
-        print(f"afprobe: error: {e}", file=sys.stderr)
-        return 2
     except typer.Exit as e:
         return int(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        print("afprobe: interrupted", file=sys.stderr)
         return 130
-    except typer.TyperException as e:  # usage errors (missing option, bad value): click's message, exit 2
-        e.show()  # type: ignore[attr-defined]
-        return int(getattr(e, "exit_code", 2))
+    except Exception as e:
+        if (DEBUG or debug_requested()) and not isinstance(e, typer.TyperException):
+            raise
+        message, code = describe(e)
+        print(f"afprobe: error: {message}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from afprobe._io import check_writable
 from afprobe.cli._app import Flags, app, shared_flags
 from afprobe.probes import ProbeRunConfig, ProbeRunner, read_probe_results
 
@@ -20,6 +21,7 @@ def probe(
 ) -> None:
     """Fit probes at every layer and named position with request-grouped folds, controls and generalization."""
     cfg = flags.config_of(ProbeRunConfig, keys={"device": "probes.device"})
+    check_writable(out)  # before any fitting: the results are written at the end
     path = ProbeRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(
         out, activations=activations
     )

@@ -28,7 +28,7 @@ from rich.progress import (
 
 import afprobe
 from afprobe._errors import AfprobeError
-from afprobe._io import atomic_write_text, remove
+from afprobe._io import atomic_write_text, check_writable, remove
 from afprobe.models import LoadedModel
 from afprobe.pipeline._config import RunConfig, check_run_config, dump_config, load_run_config
 from afprobe.pipeline._stages import BY_NAME, STAGES, Stage, stage_results
@@ -142,6 +142,7 @@ class Pipeline:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise AfprobeError(f"--out {out} is a file; give a directory for the run")
+        check_writable(out)
         if out.is_dir() and any(out.iterdir()) and not (out / RESOLVED_CONFIG).is_file():
             raise AfprobeError(
                 f"{out} exists and holds files that are not an afprobe run; give a new directory"
@@ -264,6 +265,7 @@ def render_run_report(run_dir: str | Path) -> dict[str, Any]:
     match its ``config.yaml`` (no model is loaded); return the summary."""
     run_dir = Path(run_dir)
     cfg, done = finished_stages(run_dir)
+    check_writable(run_dir)
     if "scenarios" not in done:
         raise AfprobeError(f"{run_dir} holds no finished stage of its config.yaml: run `afprobe run` first")
     timings = {s: float((read_stamp(run_dir / s) or {}).get("seconds", 0.0)) for s in done}
