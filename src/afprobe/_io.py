@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from afprobe._errors import AfprobeError
+from afprobe._lock import output_lock
 
 
 def jsonable(x: Any) -> Any:
@@ -164,13 +165,34 @@ def remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove what writes killed mid-way left in ``folder`` (not below it): the temporary files of
+    :func:`atomic_write_bytes` and the staging directories of :func:`staged_dir`. Call it only while holding
+    ``folder``'s lock (no other writer is using them)."""
+    gone = []
+    if Path(folder).is_dir():
+        for p in Path(folder).iterdir():
+            if p.name.startswith(".") and (
+                p.name.endswith(".partial") or ".partial-" in p.name or ".old-" in p.name
+            ):
+                remove(p)
+                gone.append(p)
+    return gone
+
+
 @contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a hidden staging directory next to ``out``; on success it replaces ``out`` (whose old content is
-    removed only after the new one is in place), on any error it is removed and ``out`` is left as it was."""
+    removed only after the new one is in place), on any error it is removed and ``out`` is left as it was.
+    Holds ``out``'s lock meanwhile: a second writer of the same directory is refused."""
     out = Path(out)
     check_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    with output_lock(out):
+        yield from _staged(out)
+
+
+def _staged(out: Path) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         yield tmp

@@ -14,6 +14,7 @@ import torch
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._lock import output_lock
 from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
@@ -94,6 +95,12 @@ class CacheRunner:
             raise AfprobeError("cache.batch_size must be at least 1")
         lm, toks = self.prepare(lm, prompts)
         layers = resolve_layers(cfg.cache.layers, lm.n_layers, lm.name)
+        with output_lock(out, "activation file"):  # one writer per file: a second run is refused
+            check_output_path(out, self.overwrite)  # it may have been finished meanwhile
+            return self._write(out, lm, toks, layers)
+
+    def _write(self, out: Path, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]) -> Path:
+        cfg = self.cfg
         if self.overwrite:
             out.unlink(missing_ok=True)
             partial_path(out).unlink(missing_ok=True)

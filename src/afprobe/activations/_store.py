@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,7 @@ import numpy as np
 
 from afprobe._errors import AfprobeError
 from afprobe._io import check_writable
+from afprobe._lock import output_lock
 
 META_COLUMNS = (
     "pair_id",
@@ -87,9 +89,15 @@ class ActivationWriter:
     ):
         self.out = out
         self.path = partial_path(out)
-        self.f = self._open_or_create(
-            run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
-        )
+        self._lock: AbstractContextManager[Path] | None = output_lock(out, "activation file")  # one writer
+        self._lock.__enter__()
+        try:
+            self.f = self._open_or_create(
+                run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
+            )
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
 
     @property
     def n_done(self) -> int:
@@ -166,11 +174,18 @@ class ActivationWriter:
         self.f.attrs["complete"] = True
         self.f.close()
         os.replace(self.path, self.out)
+        self._unlock()
         return self.out
 
     def close(self) -> None:
         if self.f.id.valid:
             self.f.close()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
 
 
 def to_attr(value: Any) -> Any:

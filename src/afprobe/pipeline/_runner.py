@@ -28,7 +28,8 @@ from rich.progress import (
 
 import afprobe
 from afprobe._errors import AfprobeError
-from afprobe._io import atomic_write_text, check_writable, remove
+from afprobe._io import atomic_write_text, check_writable, remove, remove_leftovers
+from afprobe._lock import output_lock
 from afprobe.models import LoadedModel
 from afprobe.pipeline._config import RunConfig, check_run_config, dump_config, load_run_config
 from afprobe.pipeline._stages import BY_NAME, STAGES, Stage, stage_results
@@ -149,9 +150,17 @@ class Pipeline:
             )
 
     def run(self) -> PipelineResult:
-        """Run every planned stage (reusing the up-to-date ones) and return what happened."""
+        """Run every planned stage (reusing the up-to-date ones) and return what happened. One run at a time
+        per directory: a second one is refused while the first holds the directory's lock."""
         self.check_output_dir()
         self.state.prompts("scenario")  # a missing request file or an empty set fails here, before any write
+        with output_lock(self.out_dir, "run directory"):
+            self.check_output_dir()
+            for d in (self.out_dir, *(self.stage_dir(s.name) for s in STAGES)):
+                remove_leftovers(d)  # temporary files of writes a killed run left half-done
+            return self._run()
+
+    def _run(self) -> PipelineResult:
         plan, hashes = self.plan(), self.hashes()
         fresh = self.freshness(plan, hashes)
         if not fresh.get("report", True):
@@ -269,6 +278,13 @@ def render_run_report(run_dir: str | Path) -> dict[str, Any]:
     if "scenarios" not in done:
         raise AfprobeError(f"{run_dir} holds no finished stage of its config.yaml: run `afprobe run` first")
     timings = {s: float((read_stamp(run_dir / s) or {}).get("seconds", 0.0)) for s in done}
+    with output_lock(run_dir, "run directory"):
+        return _write_run_report(run_dir, cfg, done, timings)
+
+
+def _write_run_report(
+    run_dir: Path, cfg: RunConfig, done: list[str], timings: dict[str, float]
+) -> dict[str, Any]:
     return write_report(
         run_dir,
         stage_results(run_dir, done),
