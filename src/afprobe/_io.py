@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,10 +60,53 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a file system gone read-only: one line naming the file
+        Path(tmp).unlink(missing_ok=True)
+        raise AfprobeError(f"cannot write {path}: {write_error(e)}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_error(e: BaseException) -> str:
+    """Why a write failed, in a few words (HDF5 hides errno inside its message), with what to do about a full
+    disk."""
+    text = str(e)
+    m = re.search(r"error message = '([^']+)'", text)
+    reason = (
+        m.group(1) if m else getattr(e, "strerror", None) or (text.strip().splitlines()[0] if text else "")
+    )
+    code = getattr(e, "errno", None)
+    if code is None and (m := re.search(r"errno = (\d+)", text)):
+        code = int(m.group(1))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space and re-run: it resumes)"
+    return reason or type(e).__name__
+
+
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse before writing when the file system of ``path`` has less than ``needed`` bytes free."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise AfprobeError(
+            f"not enough space for {what} {path}: it needs about {_size(needed)} more, {folder} has "
+            f"{_size(free)} free (free some space and re-run: it resumes)"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -193,7 +238,10 @@ def staged_dir(out: Path) -> Iterator[Path]:
 
 
 def _staged(out: Path) -> Iterator[Path]:
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise AfprobeError(f"cannot write {out}: {write_error(e)}") from e
     try:
         yield tmp
         old = None
@@ -206,6 +254,9 @@ def _staged(out: Path) -> Iterator[Path]:
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # a write inside the block (a plot, a table) or the renames hit a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AfprobeError(f"cannot write {out}: {write_error(e)}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -68,8 +68,9 @@ def output_lock(target: str | Path, what: str = "output") -> Iterator[Path]:
         try:
             yield lock
         finally:
-            fd, depth = _HELD[key]
-            _HELD[key] = (fd, depth - 1)
+            if key in _HELD:  # (an outer holder that already let go leaves nothing to count down)
+                fd, depth = _HELD[key]
+                _HELD[key] = (fd, depth - 1)
         return
     fd = _acquire(lock, target, what)
     _HELD[key] = (fd, 1)

@@ -14,6 +14,7 @@ import torch
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._io import check_free_space
 from afprobe._lock import output_lock
 from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
@@ -104,6 +105,7 @@ class CacheRunner:
         if self.overwrite:
             out.unlink(missing_ok=True)
             partial_path(out).unlink(missing_ok=True)
+        check_free_space(out, self._bytes_needed(out, len(toks), layers, lm), "the activation file")
         writer = ActivationWriter(
             out,
             run_key=self.run_key(lm, toks),
@@ -123,6 +125,15 @@ class CacheRunner:
             writer.close()
             raise
         return writer.finalize()
+
+    def _bytes_needed(self, out: Path, n_prompts: int, layers: list[int], lm: LoadedModel) -> int:
+        """What the finished file will take on disk (the arrays; chunks are allocated as they are written, so a
+        partial file already holds its share), minus what a partial file being resumed already has."""
+        item = np.dtype(self.cfg.cache.dtype).itemsize
+        per_prompt = len(layers) * len(self.cfg.cache.positions) * lm.d_model * item + 1024
+        partial = partial_path(out)
+        have = partial.stat().st_size if partial.is_file() else 0
+        return max(0, n_prompts * per_prompt - have)
 
     def _fill(
         self, writer: ActivationWriter, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]

@@ -6,10 +6,12 @@ Every problem with the input prints one line, ``afprobe: error: ...``, and exits
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
+from afprobe.activations._store import hdf5_writes_failed
 from afprobe.cli import _cache, _models, _patch, _probe, _report, _run, _steer  # noqa: F401  (registers commands)
 from afprobe.cli._app import DEBUG, app
 from afprobe.cli._boundary import debug_requested, describe
@@ -19,6 +21,17 @@ __all__ = ["app", "main"]
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI in-process and return its exit code (0 ok, 2 bad input, 1 a bug, 130 interrupted)."""
+    code = _main(argv)
+    if (
+        argv is None and hdf5_writes_failed()
+    ):  # the command itself (sys.argv): exit now, so that HDF5 does not
+        sys.stdout.flush()  # try to flush (and crash on) the files whose writes failed as the interpreter ends
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
     DEBUG.clear()
     try:
         app(args=argv, prog_name="afprobe", standalone_mode=False)

@@ -13,13 +13,14 @@ re-raises instead, for the traceback.
 
 from __future__ import annotations
 
-import errno
 import os
+import re
 from types import TracebackType
 
 import typer
 
 from afprobe._errors import AfprobeError
+from afprobe._io import write_error
 
 # the libraries whose errors mean "this file is not what it claims to be"
 FILE_FORMAT_LIBRARIES = {
@@ -54,13 +55,14 @@ def usage_message(e: typer.TyperException) -> str:
     return msg
 
 
-def os_error_message(e: OSError) -> str:
-    """What the system said, naming the file(s): ``PATH: Read-only file system``."""
-    reason = e.strerror or first_line(e) or type(e).__name__
-    if e.errno in (errno.ENOSPC, errno.EDQUOT):
-        reason = f"{reason} (free some space and re-run: the command resumes)"
-    names = " -> ".join(str(n) for n in (e.filename, e.filename2) if n)
-    return f"{names}: {reason}" if names else reason
+def os_error_message(e: BaseException) -> str:
+    """What the system said, naming the file(s): ``PATH: Read-only file system`` (HDF5 puts both inside its
+    message: ``... name = 'PATH', errno = 30, error message = 'Read-only file system' ...``)."""
+    text = str(e)
+    names = " -> ".join(str(n) for n in (getattr(e, "filename", None), getattr(e, "filename2", None)) if n)
+    if not names and (m := re.search(r"\b(?:file)?name = '([^']+)'", text)):
+        names = m.group(1)
+    return f"{names}: {write_error(e)}" if names else write_error(e)
 
 
 def library_of(tb: TracebackType | None) -> str | None:
@@ -86,9 +88,11 @@ def describe(e: BaseException) -> tuple[str, int]:
     if isinstance(e, OSError):
         return os_error_message(e), BAD_INPUT
     library = library_of(e.__traceback__)
+    if library is not None and "error message = '" in str(e):  # HDF5 could not read or write a file
+        return os_error_message(e), BAD_INPUT
     if library is not None or isinstance(e, UnicodeDecodeError):
         what = library or "text"
-        return f"cannot read a {what} file: {first_line(e) or type(e).__name__}", BAD_INPUT
+        return f"{what} file error: {first_line(e) or type(e).__name__}", BAD_INPUT
     detail = first_line(e)
     return (
         f"internal error ({type(e).__name__}{': ' + detail if detail else ''}); this is a bug in afprobe: "

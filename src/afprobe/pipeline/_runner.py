@@ -9,6 +9,7 @@ of any run that will redo the report, so a run that fails never leaves a report 
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,7 @@ from rich.progress import (
 
 import afprobe
 from afprobe._errors import AfprobeError
-from afprobe._io import atomic_write_text, check_writable, remove, remove_leftovers
+from afprobe._io import atomic_write_text, check_writable, remove, remove_leftovers, write_error
 from afprobe._lock import output_lock
 from afprobe.models import LoadedModel
 from afprobe.pipeline._config import RunConfig, check_run_config, dump_config, load_run_config
@@ -45,6 +46,7 @@ from afprobe.pipeline._state import RunState
 from afprobe.report import REPORT_FILE, SUMMARY_FILE, write_report
 
 RESOLVED_CONFIG = "config.yaml"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @dataclass
@@ -205,7 +207,13 @@ class Pipeline:
         d = self.stage_dir(stage.name)
         self._prepare(stage, d)
         t0 = time.perf_counter()
-        extra = stage.run(self.state, d)
+        try:
+            extra = stage.run(self.state, d)
+        except OSError as e:  # a write the stage made itself hit a full or read-only disk: name the stage
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            where = e.filename or d
+            raise AfprobeError(f"{stage.name} stage: cannot write {where}: {write_error(e)}") from e
         seconds = time.perf_counter() - t0
         write_stamp(
             d,
