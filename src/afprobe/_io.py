@@ -11,10 +11,12 @@
 from __future__ import annotations
 
 import csv
+import errno
 import io
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -26,6 +28,7 @@ import numpy as np
 import torch
 
 from afprobe._errors import AfprobeError
+from afprobe._lock import output_lock
 
 
 def jsonable(x: Any) -> Any:
@@ -57,10 +60,53 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
         os.replace(tmp, path)
+    except OSError as e:  # a full disk, a quota, a file system gone read-only: one line naming the file
+        Path(tmp).unlink(missing_ok=True)
+        raise AfprobeError(f"cannot write {path}: {write_error(e)}") from e
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def write_error(e: BaseException) -> str:
+    """Why a write failed, in a few words (HDF5 hides errno inside its message), with what to do about a full
+    disk."""
+    text = str(e)
+    m = re.search(r"error message = '([^']+)'", text)
+    reason = (
+        m.group(1) if m else getattr(e, "strerror", None) or (text.strip().splitlines()[0] if text else "")
+    )
+    code = getattr(e, "errno", None)
+    if code is None and (m := re.search(r"errno = (\d+)", text)):
+        code = int(m.group(1))
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space and re-run: it resumes)"
+    return reason or type(e).__name__
+
+
+def check_free_space(path: str | Path, needed: int, what: str) -> None:
+    """Refuse before writing when the file system of ``path`` has less than ``needed`` bytes free."""
+    folder = Path(path)
+    while not folder.is_dir() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return
+    if needed > free:
+        raise AfprobeError(
+            f"not enough space for {what} {path}: it needs about {_size(needed)} more, {folder} has "
+            f"{_size(free)} free (free some space and re-run: it resumes)"
+        )
+
+
+def _size(n: float) -> str:
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "bytes" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB"
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -124,11 +170,34 @@ def _cell(v: Any) -> Any:
     return v
 
 
+def check_writable(path: str | Path) -> None:
+    """Refuse an output path that cannot be written before any work: one of its parents is a file, or the
+    nearest existing directory is on a read-only file system or not writable by this user."""
+    path = Path(path)
+    if path.is_dir():
+        nearest = path
+    else:
+        nearest = path.parent
+        while not nearest.exists() and nearest != nearest.parent:
+            nearest = nearest.parent
+    if nearest.exists() and not nearest.is_dir():
+        raise AfprobeError(f"cannot write {path}: {nearest} is a file, not a directory")
+    if not os.access(nearest, os.W_OK | os.X_OK):
+        reason = "permission denied"
+        try:
+            if os.statvfs(nearest).f_flag & os.ST_RDONLY:
+                reason = "read-only file system"
+        except (OSError, AttributeError):
+            pass
+        raise AfprobeError(f"cannot write {path}: {nearest} is not writable ({reason})")
+
+
 def check_out_dir(out: Path, finished_marker: str, overwrite: bool) -> None:
-    """Refuse a file, and a directory that already holds a finished result (its ``finished_marker`` file, written
-    last) unless ``overwrite``."""
+    """Refuse a file, an output that cannot be written, and a directory that already holds a finished result (its
+    ``finished_marker`` file, written last) unless ``overwrite``."""
     if out.exists() and not out.is_dir():
         raise AfprobeError(f"--out {out} is a file; give a directory")
+    check_writable(out)
     if (out / finished_marker).exists() and not overwrite:
         raise AfprobeError(f"{out} already holds {finished_marker}; pass --overwrite to replace it")
 
@@ -141,13 +210,38 @@ def remove(p: Path) -> None:
         p.unlink(missing_ok=True)
 
 
+def remove_leftovers(folder: Path) -> list[Path]:
+    """Remove what writes killed mid-way left in ``folder`` (not below it): the temporary files of
+    :func:`atomic_write_bytes` and the staging directories of :func:`staged_dir`. Call it only while holding
+    ``folder``'s lock (no other writer is using them)."""
+    gone = []
+    if Path(folder).is_dir():
+        for p in Path(folder).iterdir():
+            if p.name.startswith(".") and (
+                p.name.endswith(".partial") or ".partial-" in p.name or ".old-" in p.name
+            ):
+                remove(p)
+                gone.append(p)
+    return gone
+
+
 @contextmanager
 def staged_dir(out: Path) -> Iterator[Path]:
     """Yield a hidden staging directory next to ``out``; on success it replaces ``out`` (whose old content is
-    removed only after the new one is in place), on any error it is removed and ``out`` is left as it was."""
+    removed only after the new one is in place), on any error it is removed and ``out`` is left as it was.
+    Holds ``out``'s lock meanwhile: a second writer of the same directory is refused."""
     out = Path(out)
+    check_writable(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    with output_lock(out):
+        yield from _staged(out)
+
+
+def _staged(out: Path) -> Iterator[Path]:
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    except OSError as e:
+        raise AfprobeError(f"cannot write {out}: {write_error(e)}") from e
     try:
         yield tmp
         old = None
@@ -160,6 +254,9 @@ def staged_dir(out: Path) -> Iterator[Path]:
         os.replace(tmp, out)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
+    except OSError as e:  # a write inside the block (a plot, a table) or the renames hit a full disk
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise AfprobeError(f"cannot write {out}: {write_error(e)}") from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

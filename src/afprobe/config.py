@@ -8,14 +8,18 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from afprobe._errors import AfprobeError
 
 T = TypeVar("T", bound=BaseModel)
+# A random seed every stage accepts: numpy's generators take 0 <= seed < 2**32.
+Seed = Annotated[int, Field(ge=0, lt=2**32, description="random seed, 0 <= seed < 2**32")]
+# A config file is small: more values than this after expanding YAML aliases is an alias bomb, not a config.
+MAX_YAML_VALUES = 100_000
 
 
 class StrictModel(BaseModel):
@@ -31,15 +35,57 @@ def check_device(v: str) -> str:
     return v
 
 
+def safe_yaml(text: str, source: str) -> Any:
+    """``yaml.safe_load`` that refuses YAML whose aliases expand past :data:`MAX_YAML_VALUES` values (a "billion
+    laughs" file would hang the validation that walks it); every failure is one :class:`AfprobeError` line."""
+    try:
+        return _load_checked(text, source)
+    except yaml.YAMLError as e:
+        raise AfprobeError(f"{source} is not valid YAML: {str(e).splitlines()[0]}") from None
+
+
+def _load_checked(text: str, source: str) -> Any:
+    """``yaml.safe_load`` after the alias check; a parse error stays a ``yaml.YAMLError``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        if node is not None and _expanded_size(node, {}) > MAX_YAML_VALUES:
+            raise AfprobeError(
+                f"{source}: its YAML aliases expand to more than {MAX_YAML_VALUES} values; write the values out"
+            )
+    except RecursionError:
+        raise AfprobeError(f"{source}: YAML nested too deeply") from None
+    return yaml.safe_load(text)
+
+
+def _expanded_size(node: yaml.Node, memo: dict[int, int]) -> int:
+    """How many values ``node`` holds once every alias is expanded (an alias is the same node object again)."""
+    if id(node) in memo:
+        return memo[id(node)]
+    memo[id(node)] = MAX_YAML_VALUES + 1  # a node that contains itself expands forever
+    if isinstance(node, yaml.MappingNode):
+        size = 1 + sum(_expanded_size(k, memo) + _expanded_size(v, memo) for k, v in node.value)
+    elif isinstance(node, yaml.SequenceNode):
+        size = 1 + sum(_expanded_size(v, memo) for v in node.value)
+    else:
+        size = 1
+    memo[id(node)] = size
+    return size
+
+
 def read_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping, turning every failure into a one-line :class:`AfprobeError`."""
     p = Path(path)
+    if p.is_dir():
+        raise AfprobeError(f"config file {p} is a directory; give a .yaml file")
     if not p.is_file():
         raise AfprobeError(f"config file not found: {p}")
     try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as e:
-        raise AfprobeError(f"config file {p} is not valid YAML: {str(e).splitlines()[0]}") from None
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise AfprobeError(f"config file {p} is not UTF-8 text") from None
+    except OSError as e:
+        raise AfprobeError(f"cannot read config file {p}: {e.strerror or e}") from None
+    data = safe_yaml(text, f"config file {p}")
     if data is None:
         return {}
     if not isinstance(data, dict):
@@ -55,7 +101,7 @@ def apply_overrides(data: Mapping[str, Any], sets: Iterable[str]) -> dict[str, A
         if not sep or not key.strip():
             raise AfprobeError(f"--set expects key=value, got {item!r}")
         try:
-            value = yaml.safe_load(raw) if raw.strip() else ""
+            value = _load_checked(raw, f"--set {key.strip()}") if raw.strip() else ""
         except yaml.YAMLError:
             value = raw
         node = out

@@ -11,7 +11,9 @@ import h5py
 import numpy as np
 
 from afprobe._errors import AfprobeError
-from afprobe.activations._store import META_COLUMNS, partial_path
+from afprobe.activations._store import FORMAT, META_COLUMNS, partial_path
+
+REQUIRED_META = ("pair_id", "request_id", "tier")
 
 
 class ActivationReader:
@@ -23,27 +25,37 @@ class ActivationReader:
 
     def __init__(self, path: str | Path):
         self.path = Path(path)
-        if not self.path.is_file():
-            hint = (
-                " (a run that did not finish left a .partial file: re-run it to resume)"
-                if partial_path(self.path).exists()
-                else ""
+        if self.path.is_dir():
+            raise AfprobeError(
+                f"{self.path} is a directory; give the activation file (.h5) that `afprobe cache` wrote"
             )
+        if not self.path.is_file():
+            partial = self.path.name and partial_path(self.path).exists()
+            hint = " (a run that did not finish left a .partial file: re-run it to resume)" if partial else ""
             raise AfprobeError(f"activation file not found: {self.path}{hint}")
         try:
             self.f = h5py.File(self.path, "r")
-        except OSError:
-            raise AfprobeError(f"{self.path} is not an HDF5 activation file") from None
-        if "resid" not in self.f or not bool(self.f.attrs.get("complete", False)):
+        except OSError as e:
+            raise AfprobeError(f"{self.path} is not a readable HDF5 file ({_first_line(e)})") from None
+        try:
+            problem = _schema_problem(self.f)
+            if problem is None and not bool(self.f.attrs.get("complete", False)):
+                problem = "it is not finished (complete is false)"
+            if problem is not None:
+                raise AfprobeError(f"{self.path} is not a finished afprobe activation file: {problem}")
+            self.resid = self.f["resid"]
+            self.layers: list[int] = [int(x) for x in self.resid.attrs["layers"]]
+            self.position_names: list[str] = [_s(x) for x in self.resid.attrs["position_names"]]
+            self.n_prompts, _, _, self.d_model = (int(x) for x in self.resid.shape)
+            self.meta: dict[str, np.ndarray] = {
+                c: _column(self.f["meta"][c]) for c in META_COLUMNS if c in self.f["meta"]
+            }
+        except AfprobeError:
             self.f.close()
-            raise AfprobeError(f"{self.path} is not a finished afprobe activation file")
-        self.resid = self.f["resid"]
-        self.layers: list[int] = [int(x) for x in self.resid.attrs["layers"]]
-        self.position_names: list[str] = [_s(x) for x in self.resid.attrs["position_names"]]
-        self.n_prompts, _, _, self.d_model = (int(x) for x in self.resid.shape)
-        self.meta: dict[str, np.ndarray] = {
-            c: _column(self.f["meta"][c]) for c in META_COLUMNS if c in self.f["meta"]
-        }
+            raise
+        except (OSError, KeyError, ValueError, TypeError) as e:
+            self.f.close()
+            raise AfprobeError(f"{self.path} is damaged: {_first_line(e)}") from None
 
     @property
     def attrs(self) -> dict[str, Any]:
@@ -80,13 +92,18 @@ class ActivationReader:
 
     def get(self, layer: int, position: str) -> np.ndarray:
         """``[prompt, d_model]`` float32."""
-        return np.asarray(
-            self.resid[:, self.layer_row(layer), self.position_col(position), :], dtype=np.float32
-        )
+        return self._read(self.resid, (slice(None), self.layer_row(layer), self.position_col(position)))
 
     def layer(self, layer: int) -> np.ndarray:
         """``[prompt, position, d_model]`` float32."""
-        return np.asarray(self.resid[:, self.layer_row(layer), :, :], dtype=np.float32)
+        return self._read(self.resid, (slice(None), self.layer_row(layer)))
+
+    def _read(self, ds: h5py.Dataset, sel: tuple | None = None, dtype: Any = np.float32) -> np.ndarray:
+        """``ds[sel]`` as an array; a read that fails (a damaged or cut file) is one line naming the file."""
+        try:
+            return np.asarray(ds[sel] if sel is not None else ds[()], dtype=dtype)
+        except (OSError, ValueError) as e:
+            raise AfprobeError(f"{self.path} is damaged: cannot read {ds.name} ({_first_line(e)})") from None
 
     def iter_layers(self, position: str) -> Iterator[tuple[int, np.ndarray]]:
         for layer in self.layers:
@@ -94,15 +111,15 @@ class ActivationReader:
 
     @property
     def input_ids(self) -> np.ndarray:
-        return np.asarray(self.f["input_ids"])
+        return self._read(self.f["input_ids"], dtype=None)
 
     @property
     def lengths(self) -> np.ndarray:
-        return np.asarray(self.f["lengths"])
+        return self._read(self.f["lengths"], dtype=None)
 
     @property
     def position_index(self) -> np.ndarray:
-        return np.asarray(self.f["position_index"])
+        return self._read(self.f["position_index"], dtype=None)
 
     def close(self) -> None:
         if self.f.id.valid:
@@ -123,3 +140,47 @@ def _column(ds: h5py.Dataset) -> np.ndarray:
     if h5py.check_string_dtype(ds.dtype) is not None:
         return np.asarray(ds.asstr()[()], dtype=object)
     return np.asarray(ds[()])
+
+
+def _first_line(e: BaseException) -> str:
+    return next((line.strip() for line in str(e).splitlines() if line.strip()), type(e).__name__)
+
+
+def _schema_problem(f: h5py.File) -> str | None:
+    """What makes ``f`` something other than an afprobe activation file (see ``_store``), or None."""
+    fmt = f.attrs.get("format")
+    if fmt is not None and _s(fmt) != FORMAT:
+        return f"its format is {_s(fmt)!r}; this afprobe reads {FORMAT!r} (re-cache it)"
+    if fmt is None and "afprobe_version" not in f.attrs:
+        return "it has no 'format' or 'afprobe_version' attribute (not written by `afprobe cache`)"
+    resid = f.get("resid")
+    if not isinstance(resid, h5py.Dataset) or resid.ndim != 4:
+        shape = getattr(resid, "shape", None)
+        return f"'resid' must be a [prompt, layer, position, d_model] array (found {shape or 'none'})"
+    if resid.dtype.kind != "f":
+        return f"'resid' holds {resid.dtype}, not floats"
+    n, n_layers, n_pos, _ = resid.shape
+    for attr, size in (("layers", n_layers), ("position_names", n_pos)):
+        if attr not in resid.attrs:
+            return f"'resid' has no {attr!r} attribute"
+        if len(resid.attrs[attr]) != size:
+            return f"'resid' attribute {attr!r} has {len(resid.attrs[attr])} entries for {size} in the array"
+    for name, shape in (("input_ids", (n, None)), ("lengths", (n,)), ("position_index", (n, n_pos))):
+        ds = f.get(name)
+        if not isinstance(ds, h5py.Dataset):
+            return f"no {name!r} dataset"
+        if len(ds.shape) != len(shape) or any(
+            w is not None and w != got for w, got in zip(shape, ds.shape, strict=True)
+        ):
+            return f"{name!r} has shape {ds.shape}; expected {tuple('*' if w is None else w for w in shape)}"
+    meta = f.get("meta")
+    if not isinstance(meta, h5py.Group):
+        return "no 'meta' group (the per-prompt columns)"
+    for col in REQUIRED_META:
+        if col not in meta:
+            return f"no meta/{col} column"
+    for col in meta:
+        ds = meta[col]
+        if not isinstance(ds, h5py.Dataset) or ds.shape != (n,):
+            return f"meta/{col} must hold one value per prompt ({n})"
+    return None

@@ -14,10 +14,12 @@ import torch
 
 import afprobe
 from afprobe._errors import AfprobeError
+from afprobe._io import check_free_space
+from afprobe._lock import output_lock
 from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
-from afprobe.config import StrictModel
+from afprobe.config import Seed, StrictModel
 from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend, right_pad
 from afprobe.scenarios import (
     POSITION_NAMES,
@@ -47,7 +49,7 @@ class CacheRunConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     scenario: ScenarioConfig = ScenarioConfig()
     cache: CacheConfig = CacheConfig()
-    seed: int = 0
+    seed: Seed = 0
 
 
 def resolve_layers(spec: Literal["all"] | list[int], n_layers: int, name: str) -> list[int]:
@@ -94,9 +96,16 @@ class CacheRunner:
             raise AfprobeError("cache.batch_size must be at least 1")
         lm, toks = self.prepare(lm, prompts)
         layers = resolve_layers(cfg.cache.layers, lm.n_layers, lm.name)
+        with output_lock(out, "activation file"):  # one writer per file: a second run is refused
+            check_output_path(out, self.overwrite)  # it may have been finished meanwhile
+            return self._write(out, lm, toks, layers)
+
+    def _write(self, out: Path, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]) -> Path:
+        cfg = self.cfg
         if self.overwrite:
             out.unlink(missing_ok=True)
             partial_path(out).unlink(missing_ok=True)
+        check_free_space(out, self._bytes_needed(out, len(toks), layers, lm), "the activation file")
         writer = ActivationWriter(
             out,
             run_key=self.run_key(lm, toks),
@@ -116,6 +125,15 @@ class CacheRunner:
             writer.close()
             raise
         return writer.finalize()
+
+    def _bytes_needed(self, out: Path, n_prompts: int, layers: list[int], lm: LoadedModel) -> int:
+        """What the finished file will take on disk (the arrays; chunks are allocated as they are written, so a
+        partial file already holds its share), minus what a partial file being resumed already has."""
+        item = np.dtype(self.cfg.cache.dtype).itemsize
+        per_prompt = len(layers) * len(self.cfg.cache.positions) * lm.d_model * item + 1024
+        partial = partial_path(out)
+        have = partial.stat().st_size if partial.is_file() else 0
+        return max(0, n_prompts * per_prompt - have)
 
     def _fill(
         self, writer: ActivationWriter, lm: LoadedModel, toks: list[TokenizedPrompt], layers: list[int]

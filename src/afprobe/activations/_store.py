@@ -13,9 +13,12 @@ Layout (see DESIGN.md): ``resid`` [prompt, layer, position, d_model] with attrs 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-from collections.abc import Mapping, Sequence
+import sys
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,11 @@ import h5py
 import numpy as np
 
 from afprobe._errors import AfprobeError
+from afprobe._io import check_free_space, check_writable, write_error
+from afprobe._lock import output_lock
+
+_FAILED: list[Any] = []  # HDF5 files whose writes failed, never freed (see ActivationWriter._drop)
+MARGIN = 64 << 10  # room a batch needs beyond its arrays (chunk index, attrs)
 
 META_COLUMNS = (
     "pair_id",
@@ -35,6 +43,7 @@ META_COLUMNS = (
     "request_text",
 )
 STR = h5py.string_dtype("utf-8")
+FORMAT = "afprobe.activations/1"  # the root attr ``format``; the reader refuses any other
 
 
 def partial_path(out: Path) -> Path:
@@ -52,13 +61,15 @@ def partial_run_key(out: Path) -> str | None:
 
 
 def check_output_path(out: Path, overwrite: bool) -> None:
-    """Refuse a directory, a finished file (unless ``overwrite``) or a missing parent directory."""
+    """Refuse a directory, a finished file (unless ``overwrite``), a missing parent directory, a parent that is a
+    file and a directory that cannot be written."""
     if out.is_dir():
         raise AfprobeError(
             f"output path {out} is a directory; give a file name such as {out / 'activations.h5'}"
         )
     if out.exists() and not overwrite:
         raise AfprobeError(f"{out} already exists and is finished; pass --overwrite to replace it")
+    check_writable(out)
     if not out.parent.exists():
         raise AfprobeError(f"output directory {out.parent} does not exist")
 
@@ -83,9 +94,19 @@ class ActivationWriter:
     ):
         self.out = out
         self.path = partial_path(out)
-        self.f = self._open_or_create(
-            run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
-        )
+        self._broken = False
+        self._lock: AbstractContextManager[Path] | None = output_lock(out, "activation file")  # one writer
+        self._lock.__enter__()
+        try:
+            self.f = self._open_or_create(
+                run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
+            )
+            # held open for the whole write: a dataset closed after each batch would flush its chunks while
+            # being freed, where HDF5's "no space left" cannot be raised (it is printed and the batch marked done)
+            self._ds = {name: self.f[name] for name in ("resid", "input_ids", "lengths", "position_index")}
+        except BaseException:
+            self._lock.__exit__(None, None, None)
+            raise
 
     @property
     def n_done(self) -> int:
@@ -95,10 +116,16 @@ class ActivationWriter:
         self, run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
     ) -> h5py.File:
         if self.path.exists():
+            f = None
             try:
                 f = h5py.File(self.path, "r+")
                 key = f.attrs.get("run_key")
-            except (OSError, KeyError):  # killed while HDF5 metadata was half-written: start that file again
+                if key is None or "n_done" not in f.attrs:
+                    raise KeyError("created only in part")
+            except (OSError, RuntimeError, KeyError):  # killed or out of space while HDF5 metadata was being
+                if f is not None:  # written: start that file again
+                    with contextlib.suppress(Exception):
+                        f.id.close()
                 self.path.unlink()
             else:
                 if key != run_key:
@@ -108,7 +135,41 @@ class ActivationWriter:
                         "delete it or pass --overwrite"
                     )
                 return f
+        try:
+            return self._create(
+                run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
+            )
+        except (OSError, RuntimeError) as e:  # a full disk before the first batch: leave nothing behind
+            self.path.unlink(missing_ok=True)
+            raise AfprobeError(f"cannot write {self.path}: {write_error(e)}") from None
+
+    def _create(
+        self, run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
+    ) -> h5py.File:
         f = h5py.File(self.path, "w")
+        try:
+            self._lay_out(
+                f,
+                run_key,
+                n_prompts,
+                layers,
+                position_names,
+                d_model,
+                max_len,
+                dtype,
+                batch_size,
+                meta,
+                attrs,
+            )
+        except BaseException:
+            with contextlib.suppress(Exception):
+                f.id.close()
+            raise
+        return f
+
+    def _lay_out(
+        self, f, run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
+    ) -> None:
         n_l, n_p = len(layers), len(position_names)
         rows = max(1, min(batch_size, n_prompts))
         resid = f.create_dataset(
@@ -130,11 +191,11 @@ class ActivationWriter:
                 g.create_dataset(col, data=np.asarray(values, dtype=object), dtype=STR)
         for k, v in attrs.items():
             f.attrs[k] = v
+        f.attrs["format"] = FORMAT
         f.attrs["run_key"] = run_key
         f.attrs["n_done"] = 0
         f.attrs["complete"] = False
         f.flush()
-        return f
 
     def write_batch(
         self,
@@ -144,28 +205,104 @@ class ActivationWriter:
         lengths: np.ndarray,
         position_index: np.ndarray,
     ) -> None:
-        """Write rows ``start : start + len(resid)`` and then mark them done."""
+        """Write rows ``start : start + len(resid)`` and then mark them done. A failed write (a full disk) is
+        one :class:`AfprobeError` naming the file; the file keeps the batches marked done before it."""
+        check_free_space(self.path, resid.nbytes + input_ids.nbytes + MARGIN, "the next batch of")
+        try:
+            with _quiet_h5py_frees():
+                self._write_rows(start, resid, input_ids, lengths, position_index)
+        except (OSError, RuntimeError) as e:  # h5py raises RuntimeError when a flush cannot write
+            why = write_error(e)
+        else:
+            return
+        # outside the except block, so that no traceback keeps HDF5 objects alive: close without flushing
+        self._broken = True
+        self._drop()
+        raise AfprobeError(f"cannot write {self.path}: {why}")
+
+    def _write_rows(
+        self,
+        start: int,
+        resid: np.ndarray,
+        input_ids: np.ndarray,
+        lengths: np.ndarray,
+        position_index: np.ndarray,
+    ) -> None:
         stop = start + len(resid)
-        self.f["resid"][start:stop] = resid
-        ids = self.f["input_ids"]
-        padded = np.full((stop - start, ids.shape[1]), int(self.f.attrs["pad_token_id"]), dtype=np.int64)
+        ds = self._ds
+        ds["resid"][start:stop] = resid
+        width = ds["input_ids"].shape[1]
+        padded = np.full((stop - start, width), int(self.f.attrs["pad_token_id"]), dtype=np.int64)
         padded[:, : input_ids.shape[1]] = input_ids
-        ids[start:stop] = padded
-        self.f["lengths"][start:stop] = lengths
-        self.f["position_index"][start:stop] = position_index
-        self.f.flush()
+        ds["input_ids"][start:stop] = padded
+        ds["lengths"][start:stop] = lengths
+        ds["position_index"][start:stop] = position_index
+        self.f.flush()  # every chunk of this batch reaches the file (or this raises) before it is marked done
         self.f.attrs["n_done"] = stop
         self.f.flush()
 
+    def _drop(self) -> None:
+        """Let go of a file whose writes failed without closing it. Once HDF5 failed to write, freeing or closing
+        its objects (which flushes again) leaves ids that crash the process later, so they are kept alive until
+        the process ends; the file on disk keeps the batches marked done before the failure."""
+        _FAILED.append((self.f, self._ds))
+        self._ds = {}
+
     def finalize(self) -> Path:
         self.f.attrs["complete"] = True
+        self._ds = {}
         self.f.close()
         os.replace(self.path, self.out)
+        self._unlock()
         return self.out
 
     def close(self) -> None:
-        if self.f.id.valid:
-            self.f.close()
+        try:
+            if self._broken:
+                self._drop()
+            elif self.f.id.valid:
+                self._ds = {}
+                self.f.close()
+        finally:
+            self._unlock()
+
+    def _unlock(self) -> None:
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            lock.__exit__(None, None, None)
+
+
+@contextlib.contextmanager
+def _quiet_h5py_frees() -> Iterator[None]:
+    """Hide what HDF5 reports while its objects are freed after a failed write (the same failure, already raised
+    as one error): h5py prints those tracebacks through ``sys.excepthook`` and ``sys.unraisablehook``."""
+    hook, unraisable = sys.excepthook, sys.unraisablehook
+
+    def from_h5py_free(exc: BaseException | None, tb: Any) -> bool:
+        while tb is not None:
+            if "h5py" in tb.tb_frame.f_code.co_filename and tb.tb_frame.f_code.co_name.endswith("dealloc"):
+                return True
+            tb = tb.tb_next
+        return "id ref count" in str(exc) or "file write failed" in str(exc)
+
+    def quiet_hook(kind: Any, exc: BaseException, tb: Any) -> None:
+        if not from_h5py_free(exc, tb):
+            hook(kind, exc, tb)
+
+    def quiet_unraisable(info: Any) -> None:
+        if not from_h5py_free(info.exc_value, info.exc_traceback) and "h5py" not in repr(info.object):
+            unraisable(info)
+
+    sys.excepthook, sys.unraisablehook = quiet_hook, quiet_unraisable
+    try:
+        yield
+    finally:
+        sys.excepthook, sys.unraisablehook = hook, unraisable
+
+
+def hdf5_writes_failed() -> bool:
+    """Whether this process holds HDF5 files whose writes failed (a process should then end with ``os._exit``)."""
+    return bool(_FAILED)
 
 
 def to_attr(value: Any) -> Any:

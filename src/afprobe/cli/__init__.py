@@ -1,35 +1,51 @@
 """The command line: ``main(argv)`` parses, loads the config and calls the same public functions as Python users.
 
-Bad input (an :class:`afprobe.AfprobeError`) prints one line and exits with code 2.
+Every problem with the input prints one line, ``afprobe: error: ...``, and exits with code 2 (see ``_boundary``);
+``afprobe --debug`` or ``AFPROBE_DEBUG=1`` shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import os
 import sys
 
 import typer
 
-from afprobe import AfprobeError
+from afprobe.activations._store import hdf5_writes_failed
 from afprobe.cli import _cache, _models, _patch, _probe, _report, _run, _steer  # noqa: F401  (registers commands)
-from afprobe.cli._app import app
+from afprobe.cli._app import DEBUG, app
+from afprobe.cli._boundary import debug_requested, describe
 
 __all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Run the CLI in-process and return its exit code (0 ok, 2 bad input)."""
+    """Run the CLI in-process and return its exit code (0 ok, 2 bad input, 1 a bug, 130 interrupted)."""
+    code = _main(argv)
+    if (
+        argv is None and hdf5_writes_failed()
+    ):  # the command itself (sys.argv): exit now, so that HDF5 does not
+        sys.stdout.flush()  # try to flush (and crash on) the files whose writes failed as the interpreter ends
+        sys.stderr.flush()
+        os._exit(code)
+    return code
+
+
+def _main(argv: list[str] | None) -> int:
+    DEBUG.clear()
     try:
         app(args=argv, prog_name="afprobe", standalone_mode=False)
-    except AfprobeError as e:
-        print(f"afprobe: error: {e}", file=sys.stderr)
-        return 2
     except typer.Exit as e:
         return int(e.exit_code)
-    except typer.Abort:
+    except (typer.Abort, KeyboardInterrupt):
+        print("afprobe: interrupted", file=sys.stderr)
         return 130
-    except typer.TyperException as e:  # usage errors (missing option, bad value): click's message, exit 2
-        e.show()  # type: ignore[attr-defined]
-        return int(getattr(e, "exit_code", 2))
+    except Exception as e:
+        if (DEBUG or debug_requested()) and not isinstance(e, typer.TyperException):
+            raise
+        message, code = describe(e)
+        print(f"afprobe: error: {message}", file=sys.stderr)
+        return code
     return 0
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,30 @@ app = typer.Typer(
 )
 
 T = TypeVar("T", bound=BaseModel)
+DEBUG: set[str] = set()  # holds "on" while the command line asked for --debug (main() clears it)
+
+
+@app.callback()
+def _global_options(
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", help="Show the full traceback of an error (also AFPROBE_DEBUG=1), for bug reports."
+        ),
+    ] = False,
+) -> None:
+    """Probe, steer and patch the 'this conversation is used for training' representation of chat models."""
+    if debug:
+        DEBUG.add("on")
+
+
+def quiet_libraries() -> None:
+    """No third-party progress bars either (model loading, GGUF conversion) under ``--quiet``."""
+    os.environ["TQDM_DISABLE"] = "1"
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
 
 # name -> (annotation, default): every shared flag, with its help, in one place
 SHARED: dict[str, tuple[Any, Any]] = {
@@ -121,6 +146,8 @@ def shared_flags(*names: str) -> Callable[[Callable[..., Any]], Callable[..., An
         @functools.wraps(fn)
         def command(**kwargs: Any) -> Any:
             flags = Flags(**{n: kwargs.pop(n) for n in names})
+            if flags.quiet:
+                quiet_libraries()
             return fn(flags=flags, **kwargs)
 
         params = [p.replace(kind=inspect.Parameter.KEYWORD_ONLY) for p in own] + extra

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from afprobe._io import check_writable
+from afprobe._lock import output_lock
 from afprobe.cli._app import Flags, app, shared_flags
 from afprobe.probes import ProbeRunConfig, ProbeRunner, read_probe_results
 
@@ -20,9 +22,13 @@ def probe(
 ) -> None:
     """Fit probes at every layer and named position with request-grouped folds, controls and generalization."""
     cfg = flags.config_of(ProbeRunConfig, keys={"device": "probes.device"})
-    path = ProbeRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(
-        out, activations=activations
-    )
+    check_writable(out)  # before any fitting: the results are written at the end
+    with output_lock(
+        out
+    ):  # a second `afprobe probe` into the same directory is refused now, not after fitting
+        path = ProbeRunner(cfg, overwrite=flags.overwrite, progress=flags.progress).run(
+            out, activations=activations
+        )
     best = read_probe_results(path)["best"]
     if best is not None and not flags.quiet:
         typer.echo(

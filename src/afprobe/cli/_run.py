@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -39,8 +38,6 @@ def run(
     if config_name is not None and flags.config is not None:
         raise AfprobeError("give the config once: as the CONFIG argument or as --config, not both")
     spec = flags.config if flags.config is not None else config_name
-    if flags.quiet:
-        _quiet_libraries()
     cfg = load_run_config(spec, [*flags.overrides(), *(flags.set_ or [])])
     result = run_pipeline(cfg, out, progress=flags.progress, log=(lambda _msg: None) if flags.quiet else None)
     summary = result.summary or {}
@@ -52,11 +49,3 @@ def run(
     if result.report is not None:
         typer.echo(f"report: {result.report}")
         typer.echo(f"summary: {out / 'summary.json'}; tables: {out / 'results'}/")
-
-
-def _quiet_libraries() -> None:
-    """No third-party progress bars either (model loading, GGUF conversion) under ``--quiet``."""
-    os.environ["TQDM_DISABLE"] = "1"
-    from transformers.utils import logging as hf_logging
-
-    hf_logging.disable_progress_bar()

@@ -10,6 +10,8 @@ from typing import Annotated, Any
 import typer
 from matplotlib.figure import Figure
 
+from afprobe._io import check_writable
+from afprobe._lock import output_lock
 from afprobe.cli._app import Flags, app, shared_flags
 from afprobe.experiments import COMPLIANCE_FILE, SteeringRunner, SteerRunConfig
 from afprobe.report import plot_compliance_gap, plot_dose_response, read_stage
@@ -43,7 +45,9 @@ def run_causal(
     figures: Callable[[dict[str, Any]], dict[str, Figure]] | None,
 ) -> None:
     """Run a steering or patching runner into ``out``, save its figures as PNG, print what was written."""
-    result = runner.run(out, probes=probes)
+    check_writable(out)
+    with output_lock(out):  # one writer per output directory
+        result = runner.run(out, probes=probes)
     for name, fig in (figures(result) if figures else {}).items():
         fig.savefig(out / f"{name}.png", dpi=120)
     typer.echo(f"wrote {out / runner.RESULT_FILE}")

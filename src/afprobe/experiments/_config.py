@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from afprobe.config import StrictModel
+from afprobe.config import Seed, StrictModel
 from afprobe.models import ModelConfig, check_backend
 from afprobe.scenarios import POSITION_NAMES, EditStart, ScenarioConfig, harmful_scenario
 
@@ -117,7 +117,7 @@ class ComplianceRunConfig(StrictModel):
     model: ModelConfig = ModelConfig()
     scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
     compliance: ComplianceConfig = ComplianceConfig()
-    seed: int = 0
+    seed: Seed = 0
 
 
 class SteerRunConfig(StrictModel):
@@ -127,7 +127,7 @@ class SteerRunConfig(StrictModel):
     scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
     compliance: ComplianceConfig = ComplianceConfig()
     steering: SteeringConfig = SteeringConfig()
-    seed: int = 0
+    seed: Seed = 0
 
 
 class PatchRunConfig(StrictModel):
@@ -137,4 +137,4 @@ class PatchRunConfig(StrictModel):
     scenario: ScenarioConfig = Field(default_factory=harmful_scenario)
     compliance: ComplianceConfig = ComplianceConfig(generate=False)
     patching: PatchingConfig = PatchingConfig()
-    seed: int = 0
+    seed: Seed = 0

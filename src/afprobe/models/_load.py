@@ -36,7 +36,7 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
         model = AutoModelForCausalLM.from_pretrained(
             src.where, dtype=dtype, device_map=cfg.device_map, **kwargs
         )
-    except (OSError, ValueError) as e:
+    except Exception as e:  # a model the user named: whatever the loader trips on is about that model's files
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise AfprobeError(f"could not load model {cfg.name!r} ({src.description}): {first}") from None
     if cfg.device_map is None:

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from afprobe._errors import AfprobeError
 from afprobe.models._embedded import ensure_embedded
+from afprobe.models._gguf import check_gguf
 from afprobe.models._registry import MODEL_ALIASES
 
 
@@ -36,6 +37,7 @@ def resolve_source(name: str) -> Source:
     if name.endswith(".gguf"):
         if not p.is_file():
             raise AfprobeError(f"model file not found: {name}")
+        check_gguf(p)
         return Source(str(p.parent), p.name, "local GGUF file")
     if p.is_dir():
         if not (p / "config.json").is_file():

@@ -18,7 +18,7 @@ import afprobe
 from afprobe._errors import AfprobeError
 from afprobe._stats import MIN_REQUESTS
 from afprobe.activations import CacheConfig
-from afprobe.config import StrictModel, apply_overrides, read_yaml, validate
+from afprobe.config import Seed, StrictModel, apply_overrides, read_yaml, validate
 from afprobe.experiments import ComplianceConfig, PatchingConfig, SteeringConfig
 from afprobe.models import ModelConfig
 from afprobe.probes import ProbeConfig
@@ -56,7 +56,7 @@ class RunConfig(StrictModel):
     patching: PatchingConfig = PatchingConfig()
     report: ReportConfig = ReportConfig()
     stages: list[str] = list(STAGE_NAMES)
-    seed: int = 0
+    seed: Seed = 0
 
     @property
     def resolved_causal_scenario(self) -> ScenarioConfig:

@@ -9,6 +9,7 @@ of any run that will redo the report, so a run that fails never leaves a report 
 
 from __future__ import annotations
 
+import errno
 import json
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -28,7 +29,8 @@ from rich.progress import (
 
 import afprobe
 from afprobe._errors import AfprobeError
-from afprobe._io import atomic_write_text, remove
+from afprobe._io import atomic_write_text, check_writable, remove, remove_leftovers, write_error
+from afprobe._lock import output_lock
 from afprobe.models import LoadedModel
 from afprobe.pipeline._config import RunConfig, check_run_config, dump_config, load_run_config
 from afprobe.pipeline._stages import BY_NAME, STAGES, Stage, stage_results
@@ -44,6 +46,7 @@ from afprobe.pipeline._state import RunState
 from afprobe.report import REPORT_FILE, SUMMARY_FILE, write_report
 
 RESOLVED_CONFIG = "config.yaml"
+WRITE_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 
 
 @dataclass
@@ -142,15 +145,24 @@ class Pipeline:
         out = self.out_dir
         if out.exists() and not out.is_dir():
             raise AfprobeError(f"--out {out} is a file; give a directory for the run")
+        check_writable(out)
         if out.is_dir() and any(out.iterdir()) and not (out / RESOLVED_CONFIG).is_file():
             raise AfprobeError(
                 f"{out} exists and holds files that are not an afprobe run; give a new directory"
             )
 
     def run(self) -> PipelineResult:
-        """Run every planned stage (reusing the up-to-date ones) and return what happened."""
+        """Run every planned stage (reusing the up-to-date ones) and return what happened. One run at a time
+        per directory: a second one is refused while the first holds the directory's lock."""
         self.check_output_dir()
         self.state.prompts("scenario")  # a missing request file or an empty set fails here, before any write
+        with output_lock(self.out_dir, "run directory"):
+            self.check_output_dir()
+            for d in (self.out_dir, *(self.stage_dir(s.name) for s in STAGES)):
+                remove_leftovers(d)  # temporary files of writes a killed run left half-done
+            return self._run()
+
+    def _run(self) -> PipelineResult:
         plan, hashes = self.plan(), self.hashes()
         fresh = self.freshness(plan, hashes)
         if not fresh.get("report", True):
@@ -195,7 +207,13 @@ class Pipeline:
         d = self.stage_dir(stage.name)
         self._prepare(stage, d)
         t0 = time.perf_counter()
-        extra = stage.run(self.state, d)
+        try:
+            extra = stage.run(self.state, d)
+        except OSError as e:  # a write the stage made itself hit a full or read-only disk: name the stage
+            if e.errno not in WRITE_ERRNOS:
+                raise
+            where = e.filename or d
+            raise AfprobeError(f"{stage.name} stage: cannot write {where}: {write_error(e)}") from e
         seconds = time.perf_counter() - t0
         write_stamp(
             d,
@@ -264,9 +282,17 @@ def render_run_report(run_dir: str | Path) -> dict[str, Any]:
     match its ``config.yaml`` (no model is loaded); return the summary."""
     run_dir = Path(run_dir)
     cfg, done = finished_stages(run_dir)
+    check_writable(run_dir)
     if "scenarios" not in done:
         raise AfprobeError(f"{run_dir} holds no finished stage of its config.yaml: run `afprobe run` first")
     timings = {s: float((read_stamp(run_dir / s) or {}).get("seconds", 0.0)) for s in done}
+    with output_lock(run_dir, "run directory"):
+        return _write_run_report(run_dir, cfg, done, timings)
+
+
+def _write_run_report(
+    run_dir: Path, cfg: RunConfig, done: list[str], timings: dict[str, float]
+) -> dict[str, Any]:
     return write_report(
         run_dir,
         stage_results(run_dir, done),

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from afprobe.config import StrictModel, check_device
+from afprobe.config import Seed, StrictModel, check_device
 
 ProbeType = Literal["torch_logistic", "mass_mean", "logistic"]
 PROBE_TYPES: tuple[str, ...] = ("torch_logistic", "mass_mean", "logistic")
@@ -87,4 +87,4 @@ class ProbeRunConfig(StrictModel):
     label draws and bootstrap resamples all derive from it)."""
 
     probes: ProbeConfig = ProbeConfig()
-    seed: int = 0
+    seed: Seed = 0

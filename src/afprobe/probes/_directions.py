@@ -142,19 +142,21 @@ def load_directions(
             f"no probe directions in {folder} (expected {TENSORS_FILE} and {META_FILE} from `afprobe probe`)"
         )
     try:
-        meta = json.loads(meta_path.read_text())
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
         tensors = load_file(str(tensors_path))
-    except (json.JSONDecodeError, SafetensorError, OSError) as e:
-        raise AfprobeError(f"cannot read probe directions in {folder}: {str(e).splitlines()[0]}") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, SafetensorError, OSError, ValueError) as e:
+        why = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise AfprobeError(f"cannot read probe directions in {folder}: {why}") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise AfprobeError(f"{meta_path} is not an afprobe directions file (format {FORMAT})")
+    _check_meta(meta, meta_path)
     layers = [int(x) for x in meta["layers"]]
     if "layers" not in tensors or tensors["layers"].tolist() != layers:
         raise AfprobeError(
             f"{tensors_path} and {meta_path} disagree about the layers: re-run `afprobe probe`"
         )
     vectors: dict[tuple[str, str], np.ndarray] = {}
-    d_model = int(meta["d_model"])
+    d_model = meta["d_model"]
     for probe in meta["probes"]:
         for pos in meta["positions"]:
             v = tensors.get(_key(probe, pos))
@@ -214,6 +216,36 @@ def cosine_between_layers(dirs: ProbeDirections) -> list[dict[str, Any]]:
             for la, lb, c in zip(dirs.layers[:-1], dirs.layers[1:], cos, strict=True)
         ]
     return rows
+
+
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _names(v: Any) -> bool:
+    return isinstance(v, list) and bool(v) and all(isinstance(x, str) for x in v)
+
+
+# key -> (what it must be, the check): a directions.json written by hand or by another tool is refused by name
+_META_KEYS: dict[str, tuple[str, Any]] = {
+    "model_id": ("a string", lambda v: isinstance(v, str)),
+    "d_model": ("a positive integer", lambda v: isinstance(v, int) and not isinstance(v, bool) and v > 0),
+    "layers": ("a list of layer numbers", lambda v: isinstance(v, list) and all(_is_int(x) for x in v)),
+    "probes": ("a non-empty list of names", _names),
+    "positions": ("a non-empty list of names", _names),
+    "default_probe": ("a string", lambda v: isinstance(v, str)),
+    "seed": ("an integer", _is_int),
+}
+
+
+def _check_meta(meta: dict[str, Any], path: Path) -> None:
+    for key, (what, ok) in _META_KEYS.items():
+        if key not in meta:
+            raise AfprobeError(f"{path} has no {key!r} key: re-run `afprobe probe`")
+        if not ok(meta[key]):
+            raise AfprobeError(f"{path}: {key!r} must be {what}, got {meta[key]!r}")
+    if meta["default_probe"] not in meta["probes"]:
+        raise AfprobeError(f"{path}: default_probe {meta['default_probe']!r} is not one of {meta['probes']}")
 
 
 def _key(probe: str, position: str) -> str:

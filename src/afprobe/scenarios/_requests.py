@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ __all__ = ["Request", "builtin_requests", "load_requests"]
 _BUILTIN_FILE = "requests.jsonl"
 _TEXT_KEYS = ("text", "prompt", "goal")
 _CSV_TEXT_COLUMNS = ("goal", "prompt", "text")
+_MAX_CHARS = 20_000  # a request longer than this is a file in the wrong format, not a request
 _TRUE = {"true", "1", "yes", "y", "t"}
 _FALSE = {"false", "0", "no", "n", "f"}
 
@@ -140,8 +142,14 @@ def _load_file(path: Path) -> list[Request]:
         )
     try:
         content = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise AfprobeError(f"cannot read request file {path}: {_clean(exc)}") from None
+    except UnicodeDecodeError as exc:
+        raise AfprobeError(
+            f"request file {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8"
+        ) from None
+    except OSError as exc:
+        raise AfprobeError(f"cannot read request file {path}: {exc.strerror or _clean(exc)}") from None
+    if "\x00" in content:
+        raise AfprobeError(f"request file {path} holds NUL bytes: it is a binary file, not text")
     name, stem, source = str(path), path.stem, str(path)
     if suffix == ".csv":
         reqs = _parse_csv(content, name=name, stem=stem, source=source)
@@ -149,6 +157,12 @@ def _load_file(path: Path) -> list[Request]:
         reqs = _parse_txt(content, stem=stem, source=source)
     else:
         reqs = _parse_jsonl(content.splitlines(), name=name, stem=stem, source=source)
+    for i, r in enumerate(reqs, start=1):
+        if len(r.text) > _MAX_CHARS:
+            raise AfprobeError(
+                f"{name}: request {i} ({r.id}) is {len(r.text)} characters long (at most {_MAX_CHARS}); "
+                "is the file in the right format?"
+            )
     return _check_unique(reqs, name)
 
 
@@ -162,9 +176,10 @@ def _parse_csv(content: str, *, name: str, stem: str, source: str) -> list[Reque
     if not content.strip():
         raise AfprobeError(f"{name}: no requests found (the file is empty)")
     try:
-        rows = list(csv.reader(content.splitlines()))
+        rows = list(csv.reader(io.StringIO(content, newline=""), strict=True))
     except csv.Error as exc:
-        raise AfprobeError(f"{name}: invalid CSV: {_clean(exc)}") from None
+        why = "a quote is opened and never closed" if "end of data" in str(exc) else _clean(exc)
+        raise AfprobeError(f"{name}: invalid CSV: {why}") from None
     header = [h.strip().lower() for h in rows[0]]
     text_col = next((header.index(c) for c in _CSV_TEXT_COLUMNS if c in header), None)
     if text_col is None:

@@ -1,0 +1,7 @@
+"""``python -m afprobe.cli ...`` is the ``afprobe`` command."""
+
+import sys
+
+from afprobe.cli import main
+
+sys.exit(main())
