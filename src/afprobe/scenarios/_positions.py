@@ -64,17 +64,28 @@ def template_hash(tokenizer: Any) -> str:
 
 
 def render(tokenizer: Any, prompt: Prompt) -> str:
-    """The prompt as the model sees it, ending where the assistant's response starts."""
+    """The prompt as the model sees it, ending where the assistant's response starts (after its ``prefill``)."""
+    return render_messages(tokenizer, prompt.messages()) + prompt.prefill
+
+
+def render_messages(
+    tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+) -> str:
+    """A conversation through the chat template (or afprobe's plain format for a base model), ending with the
+    assistant's generation prompt unless ``add_generation_prompt`` is false."""
     if not getattr(tokenizer, "chat_template", None):
-        return f"System: {prompt.system_text}\n\nUser: {prompt.user_text}\n\nAssistant:"
+        names = {"system": "System", "user": "User", "assistant": "Assistant"}
+        text = "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+        return text + "\n\nAssistant:" if add_generation_prompt else text
+    kw = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
     try:
-        return str(
-            tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-        )
+        return str(tokenizer.apply_chat_template(list(messages), **kw))
     except Exception:
-        # Some templates (Gemma's) refuse a system role: fold the system text into the user turn.
-        merged = [{"role": "user", "content": f"{prompt.system_text}\n\n{prompt.user_text}"}]
-        return str(tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True))
+        if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+            raise
+        # Some templates (Gemma's) refuse a system role: fold the system text into the first user turn.
+        first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        return str(tokenizer.apply_chat_template([first, *messages[2:]], **kw))
 
 
 def tokenize_prompt(
