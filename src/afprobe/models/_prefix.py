@@ -118,7 +118,8 @@ def cache_length(cache: Any) -> int:
 
 class PrefixStore:
     """The unedited KV cache of each shared prefix of one backend, computed once (``computed`` counts the
-    passes) and copied out per batch. A prefix that starts a stored longer one is cut from it, not recomputed."""
+    passes) and copied out per batch. A prefix that starts a stored longer one is cut from it, and one that
+    extends a stored shorter one continues from it: neither is recomputed from the start."""
 
     def __init__(self, backend: Backend, max_entries: int = 8):
         self.backend = backend
@@ -137,11 +138,28 @@ class PrefixStore:
         for key, cache in self._caches.items():
             if len(key) > len(tokens) and key[: len(tokens)] == tokens:
                 return cache, len(tokens)
-        if len(self._caches) >= self.max_entries:
-            self._caches.pop(next(iter(self._caches)))
-        ids = torch.tensor([tokens], dtype=torch.long)
+        # the longest stored prefix of ``tokens``: continue from it instead of starting over
+        base = max(
+            (k for k in self._caches if len(k) < len(tokens) and tokens[: len(k)] == k), key=len, default=()
+        )
+        evict = next((k for k in self._caches if k != base), None)
+        if len(self._caches) >= self.max_entries and evict is not None:
+            self._caches.pop(evict)
+        zero = torch.zeros(1, 1, dtype=torch.long)
         with torch.inference_mode():
-            out = self.backend.run(ids, use_cache=True, logit_positions=torch.zeros(1, 1, dtype=torch.long))
+            if base:
+                out = self.backend.run(
+                    torch.tensor([tokens[len(base) :]], dtype=torch.long),
+                    torch.ones(1, len(tokens), dtype=torch.long),
+                    cache=select_cache(self._caches[base], torch.zeros(1, dtype=torch.long)),
+                    use_cache=True,
+                    logit_positions=zero,
+                    position_ids=torch.arange(len(base), len(tokens))[None],
+                )
+            else:
+                out = self.backend.run(
+                    torch.tensor([tokens], dtype=torch.long), use_cache=True, logit_positions=zero
+                )
         self.computed += 1
         self._caches[tokens] = out.cache
         return out.cache, None

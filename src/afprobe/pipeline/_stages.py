@@ -9,24 +9,38 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afprobe.activations import CacheRunConfig, CacheRunner, partial_path, partial_run_key
+from afprobe.activations import (
+    CacheRunConfig,
+    CacheRunner,
+    TranscriptCacheRunner,
+    partial_path,
+    partial_run_key,
+)
 from afprobe.experiments import (
     COMPLIANCE_FILE,
     PATCHING_FILE,
+    SCRATCHPAD_FILE,
     STEERING_FILE,
+    TRANSCRIPTS_FILE,
     ComplianceRunConfig,
     ComplianceRunner,
     PatchingRunner,
     PatchRunConfig,
+    ScratchpadRunConfig,
+    ScratchpadRunner,
     SteeringRunner,
     SteerRunConfig,
+    read_transcripts,
 )
 from afprobe.pipeline._config import STAGE_NAMES, dump_config
 from afprobe.pipeline._state import RunState
 from afprobe.probes import RESULTS_FILE, ProbeRunConfig, ProbeRunner
 from afprobe.report import REPORT_FILE, SETUP_FILE, SUMMARY_FILE, write_report, write_setup
+from afprobe.scenarios import TIERS
 
 ACTIVATIONS = "activations.h5"
+JUDGE_CACHE = "judge_cache.jsonl"
+MIN_PROBE_REQUESTS = 4  # per tier, for probes on transcripts (fewer cannot be cross-validated by request)
 StageFn = Callable[[RunState, Path], dict[str, Any] | None]
 
 
@@ -95,6 +109,36 @@ def _compliance(st: RunState, d: Path) -> dict[str, Any]:
     return {"n_pairs": result.summary.get("n_pairs")}
 
 
+def _scratchpad(st: RunState, d: Path) -> dict[str, Any]:
+    cfg = st.cfg
+    run = ScratchpadRunConfig(
+        model=cfg.model, scenario=cfg.scenario, scratchpad=cfg.scratchpad, seed=cfg.seed
+    )
+    runner = ScratchpadRunner(run, overwrite=True, progress=st.progress)
+    # the verdict cache outlives a redo of the stage (it is keyed by transcript and judge)
+    summary = runner.run(d, subject=st.subject("scenario"), judge_cache=st.out_dir / JUDGE_CACHE)
+    return {"n_transcripts": summary["n_transcripts"], "gap": summary["compliance"].get("gap")}
+
+
+def _transcripts(st: RunState, d: Path) -> dict[str, Any]:
+    """Cache spans of the scratchpad stage's transcripts; fit probes on them when both tiers have enough."""
+    cfg = st.cfg.transcripts
+    transcripts = read_transcripts(st.stage_dir("scratchpad") / TRANSCRIPTS_FILE)
+    runner = TranscriptCacheRunner(cfg, progress=st.progress, overwrite=True)
+    path = runner.run(d / ACTIVATIONS, transcripts=transcripts, lm=st.model())
+    probed = False
+    if cfg.probe:
+        cached = [t for t in transcripts if t.input_ids and all(t.spans.get(p) for p in cfg.positions)]
+        n_req = {tier: len({t.request_id for t in cached if t.tier == tier}) for tier in TIERS}
+        if min(n_req.values()) >= MIN_PROBE_REQUESTS:
+            run = ProbeRunConfig(
+                probes=st.cfg.probes.model_copy(update={"positions": None}), seed=st.cfg.seed
+            )
+            ProbeRunner(run, overwrite=True, progress=st.progress).run(d / "probes", activations=path)
+            probed = True
+    return {"file": path.name, "probed": probed}
+
+
 def _causal_sections(st: RunState) -> dict[str, Any]:
     """What steering and patching share: their prompts and the logit metric they re-measure on them (the gap
     they are stated against; generated responses are the compliance stage's job)."""
@@ -148,6 +192,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("probes", ("cache",), ("probes", "seed"), _probes, results=RESULTS_FILE),
     Stage(
         "compliance", ("scenarios",), ("model", "compliance", "seed"), _compliance, results=COMPLIANCE_FILE
+    ),
+    Stage(
+        "scratchpad",
+        ("scenarios",),
+        ("model", "scenario", "scratchpad", "seed"),
+        _scratchpad,
+        results=SCRATCHPAD_FILE,
+        finished=(f"scratchpad/{TRANSCRIPTS_FILE}",),
+    ),
+    Stage(
+        "transcripts",
+        ("scratchpad",),
+        ("transcripts", "probes", "seed"),
+        _transcripts,
+        finished=(f"transcripts/{ACTIVATIONS}",),
     ),
     Stage(
         "steering",

@@ -92,13 +92,7 @@ def tokenize_prompt(
     tokenizer: Any, prompt: Prompt, positions: Sequence[str] = POSITION_NAMES
 ) -> TokenizedPrompt:
     text = render(tokenizer, prompt)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
-    bos = getattr(tokenizer, "bos_token", None)
-    if bos and _adds_bos(tokenizer) and not text.startswith(bos):
-        ids = [tokenizer.bos_token_id, *ids]
-        offsets = [(0, 0), *offsets]
+    ids, offsets = encode_rendered(tokenizer, text)
     sys_start = _find(text, prompt.system_text, 0, "system message")
     user_start = _find(text, prompt.user_text, sys_start + len(prompt.system_text), "user message")
     spans = {
@@ -115,6 +109,19 @@ def tokenize_prompt(
         else:
             raise AfprobeError(f"unknown position {name!r} (known: {', '.join(POSITION_NAMES)})")
     return TokenizedPrompt(prompt, text, ids, found)
+
+
+def encode_rendered(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a rendered conversation, tokenized once: no special tokens added,
+    except a BOS the tokenizer expects and the text lacks (never a doubled BOS)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets: list[tuple[int, int]] = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and _adds_bos(tokenizer) and not text.startswith(bos):
+        ids = [tokenizer.bos_token_id, *ids]
+        offsets = [(0, 0), *offsets]
+    return ids, offsets
 
 
 def tokenize_prompts(
