@@ -1,6 +1,6 @@
 """Chat models a judge can call: a local model in-process (:class:`LocalChat`), or any OpenAI-compatible
 chat-completions endpoint (:class:`EndpointChat`: vLLM, ``transformers serve``, a llama.cpp server, a hosted API,
-or ``python -m afprobe.models.serve``).
+or ``python -m afprobe.experiments._serve``).
 
 The endpoint client is the standard ``openai`` package when it is installed (``pip install afprobe[judge]``),
 else plain HTTP per the chat-completions spec (``POST {base_url}/chat/completions``) through ``httpx``. Either
