@@ -167,7 +167,7 @@ def test_endpoint_errors_before_any_work(scripted_server: str) -> None:
         make_judge(JudgeConfig(kind="endpoint", base_url=scripted_server, model="other", client="http"))
     with pytest.raises(AfprobeError, match="unreachable"):
         make_judge(JudgeConfig(kind="endpoint", base_url="http://127.0.0.1:9/v1", model="m", client="http"))
-    with pytest.raises(AfprobeError, match="needs judge.base_url"):
+    with pytest.raises(AfprobeError, match=r"needs judge\.base_url"):
         make_judge(JudgeConfig(kind="endpoint"))
 
 

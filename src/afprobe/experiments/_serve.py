@@ -132,7 +132,7 @@ def main(argv: list[str] | None = None) -> None:
     server = make_server(
         a.model, host=a.host, port=a.port, replies=replies, fail_first=a.fail_first, model_id=a.model_id
     )
-    host, port = server.server_address[:2]
+    host, port = str(server.server_address[0]), int(server.server_address[1])
     print(f"serving http://{host}:{port}/v1", flush=True)
     try:
         server.serve_forever()
