@@ -8,6 +8,7 @@ from afprobe.activations._transcripts import (
     TRANSCRIPT_POSITIONS,
     TranscriptCacheConfig,
     TranscriptCacheRunner,
+    usable,
 )
 
 __all__ = [
@@ -23,4 +24,5 @@ __all__ = [
     "partial_path",
     "partial_run_key",
     "resolve_layers",
+    "usable",
 ]

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from afprobe._io import write_json
 from afprobe.activations import (
     CacheRunConfig,
     CacheRunner,
     TranscriptCacheRunner,
     partial_path,
     partial_run_key,
+    usable,
 )
 from afprobe.experiments import (
     COMPLIANCE_FILE,
@@ -40,6 +42,7 @@ from afprobe.scenarios import TIERS
 
 ACTIVATIONS = "activations.h5"
 JUDGE_CACHE = "judge_cache.jsonl"
+TRANSCRIPT_STAGE_FILE = "transcripts.json"
 MIN_PROBE_REQUESTS = 4  # per tier, for probes on transcripts (fewer cannot be cross-validated by request)
 StageFn = Callable[[RunState, Path], dict[str, Any] | None]
 
@@ -121,22 +124,30 @@ def _scratchpad(st: RunState, d: Path) -> dict[str, Any]:
 
 
 def _transcripts(st: RunState, d: Path) -> dict[str, Any]:
-    """Cache spans of the scratchpad stage's transcripts; fit probes on them when both tiers have enough."""
+    """Cache spans of the scratchpad stage's transcripts; fit probes on them when both tiers have enough
+    requests. Writes ``transcripts.json`` last (what was cached, or why nothing could be)."""
     cfg = st.cfg.transcripts
     transcripts = read_transcripts(st.stage_dir("scratchpad") / TRANSCRIPTS_FILE)
-    runner = TranscriptCacheRunner(cfg, progress=st.progress, overwrite=True)
-    path = runner.run(d / ACTIVATIONS, transcripts=transcripts, lm=st.model())
-    probed = False
-    if cfg.probe:
-        cached = [t for t in transcripts if t.input_ids and all(t.spans.get(p) for p in cfg.positions)]
-        n_req = {tier: len({t.request_id for t in cached if t.tier == tier}) for tier in TIERS}
-        if min(n_req.values()) >= MIN_PROBE_REQUESTS:
-            run = ProbeRunConfig(
-                probes=st.cfg.probes.model_copy(update={"positions": None}), seed=st.cfg.seed
-            )
-            ProbeRunner(run, overwrite=True, progress=st.progress).run(d / "probes", activations=path)
-            probed = True
-    return {"file": path.name, "probed": probed}
+    cached = [transcripts[i] for i in usable(transcripts, cfg.positions)]
+    info: dict[str, Any] = {
+        "n_transcripts": len(transcripts),
+        "n_cached": len(cached),
+        "positions": cfg.positions,
+    }
+    if cached:
+        runner = TranscriptCacheRunner(cfg, progress=st.progress, overwrite=True)
+        info["file"] = runner.run(d / ACTIVATIONS, transcripts=transcripts, lm=st.model()).name
+    else:
+        info["note"] = f"no transcript has all of the spans {', '.join(cfg.positions)}: nothing cached"
+    n_req = {tier: len({t.request_id for t in cached if t.tier == tier}) for tier in TIERS}
+    info["probed"] = bool(cfg.probe and cached and min(n_req.values()) >= MIN_PROBE_REQUESTS)
+    if info["probed"]:
+        run = ProbeRunConfig(probes=st.cfg.probes.model_copy(update={"positions": None}), seed=st.cfg.seed)
+        ProbeRunner(run, overwrite=True, progress=st.progress).run(d / "probes", activations=d / ACTIVATIONS)
+    elif cached and cfg.probe:
+        info["note"] = f"probes need {MIN_PROBE_REQUESTS} requests on each tier with every span; got {n_req}"
+    write_json(d / TRANSCRIPT_STAGE_FILE, info)
+    return {k: info[k] for k in ("n_cached", "probed")}
 
 
 def _causal_sections(st: RunState) -> dict[str, Any]:
@@ -206,7 +217,7 @@ STAGES: tuple[Stage, ...] = (
         ("scratchpad",),
         ("transcripts", "probes", "seed"),
         _transcripts,
-        finished=(f"transcripts/{ACTIVATIONS}",),
+        results=TRANSCRIPT_STAGE_FILE,
     ),
     Stage(
         "steering",
