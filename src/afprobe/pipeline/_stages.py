@@ -140,12 +140,13 @@ def _transcripts(st: RunState, d: Path) -> dict[str, Any]:
     else:
         info["note"] = f"no transcript has all of the spans {', '.join(cfg.positions)}: nothing cached"
     n_req = {tier: len({t.request_id for t in cached if t.tier == tier}) for tier in TIERS}
-    info["probed"] = bool(cfg.probe and cached and min(n_req.values()) >= MIN_PROBE_REQUESTS)
+    need = max(MIN_PROBE_REQUESTS, st.cfg.probes.folds)
+    info["probed"] = bool(cfg.probe and cached and min(n_req.values()) >= need)
     if info["probed"]:
         run = ProbeRunConfig(probes=st.cfg.probes.model_copy(update={"positions": None}), seed=st.cfg.seed)
         ProbeRunner(run, overwrite=True, progress=st.progress).run(d / "probes", activations=d / ACTIVATIONS)
     elif cached and cfg.probe:
-        info["note"] = f"probes need {MIN_PROBE_REQUESTS} requests on each tier with every span; got {n_req}"
+        info["note"] = f"probes need {need} requests on each tier with every span; got {n_req}"
     write_json(d / TRANSCRIPT_STAGE_FILE, info)
     return {k: info[k] for k in ("n_cached", "probed")}
 
