@@ -20,13 +20,24 @@ from afprobe._progress import progress_bar
 from afprobe.activations._gpu import OverlappedWriter, SubBatcher, model_devices, rows_that_fit
 from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
 from afprobe.config import Seed, StrictModel
-from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend, right_pad
+from afprobe.models import (
+    LoadedModel,
+    ModelConfig,
+    PrefixStore,
+    continue_mask,
+    load_model,
+    make_backend,
+    plan_prefixes,
+    prompt_keys,
+    right_pad,
+)
 from afprobe.scenarios import (
     POSITION_NAMES,
     ScenarioConfig,
     TokenizedPrompt,
     build_scenario,
     conversation_format,
+    system_prompt_provenance,
     template_hash,
     tokenize_prompts,
 )
@@ -35,12 +46,15 @@ STORE_DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 
 class CacheConfig(StrictModel):
-    """What to store: ``layers`` is ``"all"`` (embedding output and every block) or a list of layer numbers."""
+    """What to store: ``layers`` is ``"all"`` (embedding output and every block) or a list of layer numbers.
+    ``share_prefix``: the tokens every prompt with the same system prompt starts with (up to the first stored
+    position) run once, and each batch continues from their KV cache (backends with a KV cache)."""
 
     layers: Literal["all"] | list[int] = "all"
     positions: list[str] = list(POSITION_NAMES)
     dtype: Literal["float32", "float16"] = "float32"
     batch_size: int = 16
+    share_prefix: bool = True
 
 
 class CacheRunConfig(StrictModel):
@@ -72,6 +86,7 @@ class CacheRunner:
         self.overwrite = overwrite
         self.progress = progress
         self.forward_batch_size: int | None = None  # the forward sub-batch size the last run ended with
+        self.prefix_store: PrefixStore | None = None
 
     def prepare(
         self, lm: LoadedModel | None = None, prompts: list[TokenizedPrompt] | None = None
@@ -117,7 +132,7 @@ class CacheRunner:
             dtype=cfg.cache.dtype,
             batch_size=cfg.cache.batch_size,
             meta=_meta_columns(toks),
-            attrs=self.provenance(lm),
+            attrs=self.provenance(lm, toks),
         )
         try:
             self._fill(writer, lm, toks, layers)
@@ -157,6 +172,12 @@ class CacheRunner:
         todo = toks[writer.n_done :]
         if not todo:
             return
+        prefixes = PrefixStore(backend)
+        shared = [0] * len(toks)
+        if self.cfg.cache.share_prefix and prefixes.usable:
+            limits = [min(t.positions[p] for p in positions) for t in toks]
+            shared = plan_prefixes([t.input_ids for t in toks], prompt_keys(toks), limits)
+        self.prefix_store = prefixes  # what the last run shared (``computed``: the prefix passes it ran)
         width = max(len(t.input_ids) for t in todo)
         sub = SubBatcher(rows_that_fit(lm.model, width, bs), on_shrink=self._note_shrink)
         on_cuda = any(d.type == "cuda" for d in model_devices(lm.model))
@@ -175,13 +196,32 @@ class CacheRunner:
                 pos_dev = pos.to(lm.device)  # once per batch, not once per layer read
                 host = pipe.buffer()
 
-                def step(a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host) -> None:
+                plan = shared[start : start + bs]
+
+                def step(a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host, plan=plan) -> None:
                     with torch.inference_mode():
-                        out = backend.run(
-                            ids[a:b], mask[a:b], read_layers=layers, read_positions=pos_dev[a:b], logits=False
-                        )
-                        for j, layer in enumerate(layers):
-                            pipe.copy_into(host[j, a:b], out.resid[layer])
+                        for c, d in _runs(plan, a, b, ids):  # rows c:d share one prefix (or none)
+                            p = plan[c]
+                            if p == 0:
+                                out = backend.run(
+                                    ids[c:d],
+                                    mask[c:d],
+                                    read_layers=layers,
+                                    read_positions=pos_dev[c:d],
+                                    logits=False,
+                                )
+                            else:
+                                out = backend.run(
+                                    ids[c:d, p:],
+                                    continue_mask(p, mask[c:d, p:]),
+                                    read_layers=layers,
+                                    read_positions=pos_dev[c:d] - p,
+                                    cache=prefixes.rows(ids[c, :p].tolist(), d - c),
+                                    logit_positions=torch.zeros(d - c, 1, dtype=torch.long),
+                                    position_ids=torch.arange(p, ids.shape[1]).expand(d - c, -1),
+                                )
+                            for j, layer in enumerate(layers):
+                                pipe.copy_into(host[j, c:d], out.resid[layer])
 
                 sub.run(len(batch), step)
                 pipe.submit(len(batch), (start, ids.numpy(), mask.sum(1).numpy(), pos.numpy()))
@@ -204,7 +244,7 @@ class CacheRunner:
             )
         return h.hexdigest()
 
-    def provenance(self, lm: LoadedModel) -> dict:
+    def provenance(self, lm: LoadedModel, toks: list[TokenizedPrompt] | None = None) -> dict:
         import transformers
 
         return {
@@ -227,6 +267,7 @@ class CacheRunner:
                 "config": json.loads(self.cfg.model_dump_json()),
                 "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "pad_token_id": int(lm.tokenizer.pad_token_id),
+                "system_prompts": system_prompt_provenance(t.prompt for t in toks or []),
             }.items()
         }
 
@@ -245,6 +286,17 @@ class _HDF5Sink:
                 "residual stream values exceed the float16 range; use --set cache.dtype=float32"
             )
         self.writer.write_batch(start, resid, ids, lengths, pos)
+
+
+def _runs(plan: list[int], a: int, b: int, ids: torch.Tensor) -> list[tuple[int, int]]:
+    """Rows ``a:b`` cut into runs of consecutive rows that share one prefix (the same length and tokens)."""
+    out: list[tuple[int, int]] = []
+    c = a
+    for i in range(a + 1, b + 1):
+        if i == b or plan[i] != plan[c] or not torch.equal(ids[i, : plan[c]], ids[c, : plan[c]]):
+            out.append((c, i))
+            c = i
+    return out
 
 
 def _meta_columns(toks: list[TokenizedPrompt]) -> dict[str, list]:

@@ -5,12 +5,13 @@ A batch of ``B`` prompts becomes ``2B`` rows (:class:`~afprobe.experiments.RowBa
 of that batch returning the :class:`~afprobe.models.Edit` s to apply; :func:`score_settings` stacks up to
 ``max_rows`` rows of settings into one pass, each block of rows carrying its own edits
 (:func:`afprobe.models.stack_edits`), and, when every edit starts after some token ``s``, runs the unedited prefix
-``[0, s)`` once and shares its KV cache.
+``[0, s)`` once and shares its KV cache. The part of that prefix which every prompt with the same system prompt
+starts with (the system prompt, thousands of tokens in the paper's files) is computed once per call, not once
+per batch (:class:`afprobe.models.PrefixStore`), and batches are formed within one system prompt.
 """
 
 from __future__ import annotations
 
-import copy
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,7 +25,18 @@ from torch import Tensor
 from afprobe._progress import progress_bar
 from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, Edit, fan_out_start, first_edited, stack_edits
+from afprobe.models import (
+    MIN_PREFIX,
+    Backend,
+    Edit,
+    PrefixStore,
+    fan_out_start,
+    first_edited,
+    plan_prefixes,
+    prompt_keys,
+    select_cache,
+    stack_edits,
+)
 
 Setting = Callable[[RowBatch], Sequence[Edit]]
 
@@ -47,25 +59,6 @@ class Scores:
         return self.accept - self.reject
 
 
-def select_cache(cache: Any, rows: Tensor, below: tuple[int, Tensor] | None = None) -> Any:
-    """A copy of a KV cache holding the batch rows ``rows`` (in that order); the original is left intact.
-    ``below=(block, other)``: the blocks before ``block`` take the rows ``other`` instead (a fanned-out pass,
-    see ``Backend.run``)."""
-
-    def pick(i: int) -> Tensor:
-        return below[1] if below is not None and i < below[0] else rows
-
-    if isinstance(cache, tuple):
-        return tuple(
-            tuple(t.index_select(0, pick(i).to(t.device)) for t in layer) for i, layer in enumerate(cache)
-        )
-    new = copy.copy(cache)
-    new.layers = [copy.copy(layer) for layer in cache.layers]
-    for i, layer in enumerate(new.layers):
-        layer.reorder_cache(pick(i))
-    return new
-
-
 def continuation_logprobs(
     logits: Float[Tensor, "rows k vocab"], targets: Int[Tensor, "rows k"], mask: Bool[Tensor, "rows k"]
 ) -> Tensor:
@@ -83,6 +76,7 @@ def score_settings(
     batch_size: int = 4,
     max_rows: int = 64,
     share_prefix: bool = True,
+    prefixes: PrefixStore | None = None,
     progress: bool = False,
     description: str = "scoring",
 ) -> Scores:
@@ -90,21 +84,31 @@ def score_settings(
 
     Up to ``max_rows`` rows (copies of a ``2 × batch_size``-row batch, one per setting) run in one forward pass.
     With ``share_prefix`` the tokens before the first edited one are run once per batch and their KV cache is
-    shared by every setting (the result is the same, up to float rounding)."""
+    shared by every setting, and the system-prompt prefix those tokens start with is run once per call (or once
+    per ``prefixes`` store, when one is passed in): the result is the same, up to float rounding."""
     idx = list(range(len(items))) if indices is None else list(indices)
     n_set = len(settings)
     acc = np.zeros((n_set, len(idx)))
     rej = np.zeros((n_set, len(idx)))
     pad_id = int(backend.lm.tokenizer.pad_token_id)
-    # batches of similar length: less padding, and a shared prefix that is nearly each row's own
-    order = sorted(range(len(idx)), key=lambda c: (items[idx[c]].length, c))
+    store = prefixes if prefixes is not None else PrefixStore(backend)
+    rows = [items[i].tok.input_ids for i in idx]
+    plan = plan_prefixes(rows, prompt_keys([items[i].tok for i in idx])) if share_prefix else [0] * len(idx)
+    group = {c: tuple(rows[c][: plan[c]]) for c in range(len(idx))}
+    first_of = {g: c for c, g in reversed(list(group.items()))}
+    # batches within one shared prefix, of similar length: less padding, and a per-batch prefix that is nearly
+    # each row's own
+    order = sorted(range(len(idx)), key=lambda c: (first_of[group[c]], items[idx[c]].length, c))
     starts = list(range(0, len(idx), batch_size))
     with progress_bar(progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task(description, total=len(starts) * n_set)
         for b0 in starts:
             cols = order[b0 : b0 + batch_size]
             batch = make_row_batch(items, [idx[c] for c in cols], pad_id)
-            lp_acc, lp_rej = _score_batch(backend, batch, settings, max_rows, share_prefix, bar, task)
+            shared = group[cols[0]] if all(group[c] == group[cols[0]] for c in cols) and store.usable else ()
+            lp_acc, lp_rej = _score_batch(
+                backend, batch, settings, max_rows, share_prefix, bar, task, (store, shared)
+            )
             acc[:, cols] = lp_acc
             rej[:, cols] = lp_rej
     return Scores(acc, rej)
@@ -118,6 +122,7 @@ def _score_batch(
     share_prefix: bool,
     bar: Progress,
     task: Any,
+    shared: tuple[PrefixStore, tuple[int, ...]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     rows, seq = batch.n_rows, batch.seq_len
     blocks = [list(setting(batch)) for setting in settings]
@@ -140,12 +145,8 @@ def _score_batch(
     first = min((first_edited(e, seq) for block in blocks for e in block), default=seq)
     s = max(0, min(first, int(batch.prompt_len.min()) - 1))
     prefix = None
-    if s > 0:  # the unedited prefix, once per prompt
-        even = slice(0, rows, 2)
-        zero = torch.zeros(rows // 2, 1, dtype=torch.long)
-        prefix = backend.run(
-            batch.input_ids[even, :s], batch.attention_mask[even, :s], use_cache=True, logit_positions=zero
-        ).cache
+    if s > 0:  # the unedited prefix, once per prompt, from the system-prompt prefix every prompt shares
+        prefix = _batch_prefix(backend, batch, s, shared)
     for chosen in _chunks_by_layer(blocks, per_pass, backend.n_layers):
         chunk = [blocks[i] for i in chosen]
         fan = min((e.layer for block in chunk for e in block), default=backend.n_layers)
@@ -161,6 +162,33 @@ def _score_batch(
         out_acc[chosen], out_rej[chosen] = lp[..., 0], lp[..., 1]
         bar.advance(task, len(chunk))
     return out_acc, out_rej
+
+
+def _batch_prefix(
+    backend: Backend, batch: RowBatch, s: int, shared: tuple[PrefixStore, tuple[int, ...]] | None
+) -> Any:
+    """The KV cache of tokens ``[0, s)`` of every prompt of the batch (one row each): continued from the stored
+    cache of the prefix the batch's prompts share when it is long enough, else run whole."""
+    even = slice(0, batch.n_rows, 2)
+    nb = batch.n_rows // 2
+    zero = torch.zeros(nb, 1, dtype=torch.long)
+    store, tokens = shared if shared is not None else (None, ())
+    p = min(len(tokens), s)
+    if store is None or p < MIN_PREFIX:
+        return backend.run(
+            batch.input_ids[even, :s], batch.attention_mask[even, :s], use_cache=True, logit_positions=zero
+        ).cache
+    cache = store.rows(tokens[:p], nb)
+    if p == s:
+        return cache
+    return backend.run(
+        batch.input_ids[even, p:s],
+        batch.attention_mask[even, :s],
+        cache=cache,
+        use_cache=True,
+        logit_positions=zero,
+        position_ids=torch.arange(p, s).expand(nb, -1),
+    ).cache
 
 
 def _chunks_by_layer(blocks: Sequence[Sequence[Edit]], per_pass: int, n_layers: int) -> list[list[int]]:

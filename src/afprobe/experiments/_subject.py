@@ -18,6 +18,7 @@ from afprobe.scenarios import (
     ScenarioConfig,
     TokenizedPrompt,
     build_scenario,
+    tag_after_prefill,
     tokenize_prompts,
 )
 
@@ -52,13 +53,18 @@ def continuation_ids(tokenizer: Any, tok: TokenizedPrompt, tag: str) -> list[int
 def prepare_prompts(
     tokenizer: Any, toks: Sequence[TokenizedPrompt], accept: str = ACCEPT_TAG, reject: str = REJECT_TAG
 ) -> list[ScoredPrompt]:
-    """Attach the in-context accept and reject token ids to every tokenized prompt."""
-    return [
-        ScoredPrompt(
-            t, tuple(continuation_ids(tokenizer, t, accept)), tuple(continuation_ids(tokenizer, t, reject))
+    """Attach the in-context accept and reject token ids to every tokenized prompt (after its prefill: what is
+    left of each tag to write, see :func:`afprobe.scenarios.tag_after_prefill`)."""
+    out = []
+    for t in toks:
+        prefill = getattr(t.prompt, "prefill", "")
+        acc, rej = (tag_after_prefill(tag, prefill) for tag in (accept, reject))
+        out.append(
+            ScoredPrompt(
+                t, tuple(continuation_ids(tokenizer, t, acc)), tuple(continuation_ids(tokenizer, t, rej))
+            )
         )
-        for t in toks
-    ]
+    return out
 
 
 @dataclass

@@ -12,8 +12,14 @@
   is asked for (vLLM cannot edit the residual stream); the adapter goes to vLLM as a LoRA request.
 - ``ndif``: the model runs remotely (``model.remote``): Hugging Face ``generate`` on NDIF, no edits.
 
-Sampling draws every row from its own generator seeded by ``(seed, prompt index)``, so a sample depends neither
-on the batch size nor on which prompts share its batch. Results come back in input order, without the stop token.
+Sampling draws every row from its own generator seeded by ``(seed, prompt index)`` (or by ``seeds[i]``), so a
+sample depends neither on the batch size nor on which prompts share its batch. Results come back in input order,
+without the stop token.
+
+Long shared prefixes (``share_prefix``, ``hf`` engine with a KV cache): prompts that start with the same system
+prompt are batched together, the tokens they share (up to the first edited one) run once into a KV cache
+(:class:`~afprobe.models.PrefixStore`), and each batch continues from a copy of it, its rows left-padded after
+the prefix: ``[prefix][pads][own tokens]``.
 """
 
 from __future__ import annotations
@@ -31,6 +37,7 @@ from afprobe.models._backend import Backend
 from afprobe.models._batching import left_pad
 from afprobe.models._edits import Edit
 from afprobe.models._loaded import LoadedModel
+from afprobe.models._prefix import PrefixStore, continue_mask, plan_prefixes, prompt_keys
 from afprobe.scenarios import TokenizedPrompt
 
 Engine = Literal["auto", "hf", "vllm", "ndif"]
@@ -59,14 +66,21 @@ def generate(
     use_cache: bool = True,
     progress: bool = False,
     vllm_kwargs: dict[str, Any] | None = None,
+    seeds: Sequence[int] | None = None,
+    share_prefix: bool = True,
+    prefixes: PrefixStore | None = None,
 ) -> list[list[int]]:
     """New token ids for every prompt (up to ``max_new_tokens``, cut before the first end-of-turn token).
 
-    Greedy unless ``sample`` (then at ``temperature``, row ``i`` drawn from a generator seeded by ``(seed, i)``).
+    Greedy unless ``sample`` (then at ``temperature``, row ``i`` drawn from a generator seeded by ``seeds[i]``,
+    default ``(seed, i)``). ``share_prefix``: run the prefix shared by the prompts of one system prompt once
+    (in ``prefixes`` when given, so several calls share it).
     """
     if batch_size < 1 or max_new_tokens < 1:
         raise AfprobeError("batch_size and max_new_tokens must be at least 1")
     rows = [list(p.input_ids) if isinstance(p, TokenizedPrompt) else [int(t) for t in p] for p in prompts]
+    if seeds is not None and len(seeds) != len(rows):
+        raise AfprobeError(f"generate: {len(seeds)} seeds for {len(rows)} prompts")
     starts = [_starts(e, len(rows)) for e in edits]
     lm = backend.lm
     chosen = _engine(backend, engine, edits)
@@ -79,12 +93,19 @@ def generate(
         return vllm_generate(lm, rows, max_new_tokens, sample, temperature, seed, stops, vllm_kwargs or {})
     stops = stop_token_ids(lm.tokenizer)
     cached = use_cache and backend.supports_cache
+    store = prefixes if prefixes is not None else PrefixStore(backend)
+    plan = [0] * len(rows)
+    if cached and share_prefix and store.usable:
+        limits = [min([len(r), *(0 if s is None else int(s[i]) for s in starts)]) for i, r in enumerate(rows)]
+        plan = plan_prefixes(rows, prompt_keys(prompts), limits)
     out: list[list[int]] = [[] for _ in rows]
     with progress_bar(progress, transient=True) as bar, torch.inference_mode():
         task = bar.add_task("generating", total=len(rows))
-        for idx in _batches(rows, batch_size, equal_length=not cached):
-            gens = [torch.Generator().manual_seed(seed * 1_000_003 + i) for i in idx] if sample else None
+        for idx in _batches(rows, batch_size, equal_length=not cached, plan=plan):
+            row_seeds = [seeds[i] if seeds is not None else seed * 1_000_003 + i for i in idx]
+            gens = [torch.Generator().manual_seed(int(x)) for x in row_seeds] if sample else None
             batch_starts = [None if s is None else s[idx] for s in starts]
+            p = plan[idx[0]]
             new = _hf_batch(
                 backend,
                 [rows[i] for i in idx],
@@ -95,6 +116,7 @@ def generate(
                 gens,
                 stops,
                 cached,
+                (store, tuple(rows[idx[0]][:p])) if p else None,
             )
             for i, ids in zip(idx, new, strict=True):
                 out[i] = ids
@@ -141,8 +163,16 @@ def _engine(backend: Backend, engine: Engine, edits: Sequence[Edit]) -> str:
     return "vllm" if use_vllm else "hf"
 
 
-def _batches(rows: list[list[int]], batch_size: int, equal_length: bool) -> list[list[int]]:
-    """Prompt indices in batches of similar length (of equal length when nothing may be padded)."""
+def _batches(
+    rows: list[list[int]], batch_size: int, equal_length: bool, plan: list[int] | None = None
+) -> list[list[int]]:
+    """Prompt indices in batches of similar length (of equal length when nothing may be padded); with a
+    shared-prefix ``plan``, each batch holds rows of one prefix only."""
+    if plan is not None and any(plan):
+        by_prefix: dict[tuple[int, ...], list[int]] = {}
+        for i in sorted(range(len(rows)), key=lambda i: (len(rows[i]), i)):
+            by_prefix.setdefault(tuple(rows[i][: plan[i]]), []).append(i)
+        return [g[b : b + batch_size] for g in by_prefix.values() for b in range(0, len(g), batch_size)]
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
     if not equal_length:
         return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]
@@ -162,11 +192,15 @@ def _hf_batch(
     gens: list[torch.Generator] | None,
     stops: set[int],
     cached: bool,
+    prefix: tuple[PrefixStore, tuple[int, ...]] | None = None,
 ) -> list[list[int]]:
     n = len(rows)
-    ids, mask, pos = left_pad(rows, int(backend.lm.tokenizer.pad_token_id))
-    width = ids.shape[1]
-    offset = width - torch.tensor([len(r) for r in rows])  # pad columns before each row
+    p = len(prefix[1]) if prefix is not None else 0  # columns [0, p) come from the shared prefix's cache
+    ids, mask, pos = left_pad([r[p:] for r in rows], int(backend.lm.tokenizer.pad_token_id))
+    if p:
+        mask, pos = continue_mask(p, mask), pos + p
+    width = p + ids.shape[1]
+    offset = width - torch.tensor([len(r) for r in rows])  # pad columns before each row's own tokens
     # an edit starts at column (its start token + the row's padding); None: at the row's first real token
     start_cols = [offset + (torch.zeros(n, dtype=torch.long) if s is None else s) for s in starts]
 
@@ -174,7 +208,10 @@ def _hf_batch(
         return [Edit(e.layer, e.op, e.value, c - col0) for e, c in zip(edits, start_cols, strict=True)]
 
     kwargs: dict[str, Any] = {"position_ids": pos, "use_cache": True} if cached else {}
-    out = backend.run(ids, mask, edits=step_edits(0), logit_positions=torch.full((n, 1), width - 1), **kwargs)
+    if prefix is not None:
+        kwargs["cache"] = prefix[0].rows(prefix[1], n)
+    last = torch.full((n, 1), width - 1 - p)
+    out = backend.run(ids, mask, edits=step_edits(p), logit_positions=last, **kwargs)
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * n
     for t in range(max_new):

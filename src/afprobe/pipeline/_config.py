@@ -17,9 +17,9 @@ from pydantic import Field, field_validator, model_validator
 import afprobe
 from afprobe._errors import AfprobeError
 from afprobe._stats import MIN_REQUESTS
-from afprobe.activations import CacheConfig
+from afprobe.activations import CacheConfig, TranscriptCacheConfig
 from afprobe.config import Seed, StrictModel, apply_overrides, read_yaml, validate
-from afprobe.experiments import ComplianceConfig, PatchingConfig, SteeringConfig
+from afprobe.experiments import ComplianceConfig, PatchingConfig, ScratchpadConfig, SteeringConfig
 from afprobe.models import ModelConfig
 from afprobe.probes import ProbeConfig
 from afprobe.report import ReportConfig
@@ -30,10 +30,22 @@ STAGE_NAMES: tuple[str, ...] = (
     "cache",
     "probes",
     "compliance",
+    "scratchpad",
+    "transcripts",
     "steering",
     "patching",
     "report",
 )
+# the paper's scratchpad sampling and the cache of its transcripts run when a config lists them (``paper`` does)
+OPTIONAL_STAGES: tuple[str, ...] = ("scratchpad", "transcripts")
+DEFAULT_STAGES: tuple[str, ...] = tuple(s for s in STAGE_NAMES if s not in OPTIONAL_STAGES)
+
+
+class TranscriptsConfig(TranscriptCacheConfig):
+    """The ``transcripts`` stage: cache these spans of the scratchpad stage's transcripts, then (``probe``) fit
+    the probes of the ``probes`` section on them when there are enough requests on both tiers."""
+
+    probe: bool = True
 
 
 class RunConfig(StrictModel):
@@ -42,7 +54,8 @@ class RunConfig(StrictModel):
     ``scenario`` gives the prompts that are cached, probed and scored for compliance. Steering and patching run
     on ``scenario`` with the keys given in ``causal_scenario`` changed (e.g. a smaller ``limit``): they cost a
     forward pass per setting per prompt, so fewer prompts keep them affordable on a CPU. ``stages`` lists what to
-    run; the stages they read from are added (and reused when up to date). ``description`` heads the report.
+    run (default: all but the optional ``scratchpad`` and ``transcripts``); the stages they read from are added
+    (and reused when up to date). ``description`` heads the report.
     """
 
     description: str = ""
@@ -54,8 +67,10 @@ class RunConfig(StrictModel):
     compliance: ComplianceConfig = ComplianceConfig()
     steering: SteeringConfig = SteeringConfig()
     patching: PatchingConfig = PatchingConfig()
+    scratchpad: ScratchpadConfig = ScratchpadConfig()
+    transcripts: TranscriptsConfig = TranscriptsConfig()
     report: ReportConfig = ReportConfig()
-    stages: list[str] = list(STAGE_NAMES)
+    stages: list[str] = list(DEFAULT_STAGES)
     seed: Seed = 0
 
     @property

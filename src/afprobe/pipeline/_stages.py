@@ -9,24 +9,41 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from afprobe.activations import CacheRunConfig, CacheRunner, partial_path, partial_run_key
+from afprobe._io import write_json
+from afprobe.activations import (
+    CacheRunConfig,
+    CacheRunner,
+    TranscriptCacheRunner,
+    partial_path,
+    partial_run_key,
+    usable,
+)
 from afprobe.experiments import (
     COMPLIANCE_FILE,
     PATCHING_FILE,
+    SCRATCHPAD_FILE,
     STEERING_FILE,
+    TRANSCRIPTS_FILE,
     ComplianceRunConfig,
     ComplianceRunner,
     PatchingRunner,
     PatchRunConfig,
+    ScratchpadRunConfig,
+    ScratchpadRunner,
     SteeringRunner,
     SteerRunConfig,
+    read_transcripts,
 )
 from afprobe.pipeline._config import STAGE_NAMES, dump_config
 from afprobe.pipeline._state import RunState
 from afprobe.probes import RESULTS_FILE, ProbeRunConfig, ProbeRunner
 from afprobe.report import REPORT_FILE, SETUP_FILE, SUMMARY_FILE, write_report, write_setup
+from afprobe.scenarios import TIERS
 
 ACTIVATIONS = "activations.h5"
+JUDGE_CACHE = "judge_cache.jsonl"
+TRANSCRIPT_STAGE_FILE = "transcripts.json"
+MIN_PROBE_REQUESTS = 4  # per tier, for probes on transcripts (fewer cannot be cross-validated by request)
 StageFn = Callable[[RunState, Path], dict[str, Any] | None]
 
 
@@ -95,6 +112,45 @@ def _compliance(st: RunState, d: Path) -> dict[str, Any]:
     return {"n_pairs": result.summary.get("n_pairs")}
 
 
+def _scratchpad(st: RunState, d: Path) -> dict[str, Any]:
+    cfg = st.cfg
+    run = ScratchpadRunConfig(
+        model=cfg.model, scenario=cfg.scenario, scratchpad=cfg.scratchpad, seed=cfg.seed
+    )
+    runner = ScratchpadRunner(run, overwrite=True, progress=st.progress)
+    # the verdict cache outlives a redo of the stage (it is keyed by transcript and judge)
+    summary = runner.run(d, subject=st.subject("scenario"), judge_cache=st.out_dir / JUDGE_CACHE)
+    return {"n_transcripts": summary["n_transcripts"], "gap": summary["compliance"].get("gap")}
+
+
+def _transcripts(st: RunState, d: Path) -> dict[str, Any]:
+    """Cache spans of the scratchpad stage's transcripts; fit probes on them when both tiers have enough
+    requests. Writes ``transcripts.json`` last (what was cached, or why nothing could be)."""
+    cfg = st.cfg.transcripts
+    transcripts = read_transcripts(st.stage_dir("scratchpad") / TRANSCRIPTS_FILE)
+    cached = [transcripts[i] for i in usable(transcripts, cfg.positions)]
+    info: dict[str, Any] = {
+        "n_transcripts": len(transcripts),
+        "n_cached": len(cached),
+        "positions": cfg.positions,
+    }
+    if cached:
+        runner = TranscriptCacheRunner(cfg, progress=st.progress, overwrite=True)
+        info["file"] = runner.run(d / ACTIVATIONS, transcripts=transcripts, lm=st.model()).name
+    else:
+        info["note"] = f"no transcript has all of the spans {', '.join(cfg.positions)}: nothing cached"
+    n_req = {tier: len({t.request_id for t in cached if t.tier == tier}) for tier in TIERS}
+    need = max(MIN_PROBE_REQUESTS, st.cfg.probes.folds)
+    info["probed"] = bool(cfg.probe and cached and min(n_req.values()) >= need)
+    if info["probed"]:
+        run = ProbeRunConfig(probes=st.cfg.probes.model_copy(update={"positions": None}), seed=st.cfg.seed)
+        ProbeRunner(run, overwrite=True, progress=st.progress).run(d / "probes", activations=d / ACTIVATIONS)
+    elif cached and cfg.probe:
+        info["note"] = f"probes need {need} requests on each tier with every span; got {n_req}"
+    write_json(d / TRANSCRIPT_STAGE_FILE, info)
+    return {k: info[k] for k in ("n_cached", "probed")}
+
+
 def _causal_sections(st: RunState) -> dict[str, Any]:
     """What steering and patching share: their prompts and the logit metric they re-measure on them (the gap
     they are stated against; generated responses are the compliance stage's job)."""
@@ -148,6 +204,21 @@ STAGES: tuple[Stage, ...] = (
     Stage("probes", ("cache",), ("probes", "seed"), _probes, results=RESULTS_FILE),
     Stage(
         "compliance", ("scenarios",), ("model", "compliance", "seed"), _compliance, results=COMPLIANCE_FILE
+    ),
+    Stage(
+        "scratchpad",
+        ("scenarios",),
+        ("model", "scenario", "scratchpad", "seed"),
+        _scratchpad,
+        results=SCRATCHPAD_FILE,
+        finished=(f"scratchpad/{TRANSCRIPTS_FILE}",),
+    ),
+    Stage(
+        "transcripts",
+        ("scratchpad",),
+        ("transcripts", "probes", "seed"),
+        _transcripts,
+        results=TRANSCRIPT_STAGE_FILE,
     ),
     Stage(
         "steering",

@@ -64,30 +64,35 @@ def template_hash(tokenizer: Any) -> str:
 
 
 def render(tokenizer: Any, prompt: Prompt) -> str:
-    """The prompt as the model sees it, ending where the assistant's response starts."""
+    """The prompt as the model sees it, ending where the assistant's response starts (after its ``prefill``)."""
+    return render_messages(tokenizer, prompt.messages()) + prompt.prefill
+
+
+def render_messages(
+    tokenizer: Any, messages: Sequence[dict[str, str]], add_generation_prompt: bool = True
+) -> str:
+    """A conversation through the chat template (or afprobe's plain format for a base model), ending with the
+    assistant's generation prompt unless ``add_generation_prompt`` is false."""
     if not getattr(tokenizer, "chat_template", None):
-        return f"System: {prompt.system_text}\n\nUser: {prompt.user_text}\n\nAssistant:"
+        names = {"system": "System", "user": "User", "assistant": "Assistant"}
+        text = "\n\n".join(f"{names.get(m['role'], m['role'])}: {m['content']}" for m in messages)
+        return text + "\n\nAssistant:" if add_generation_prompt else text
+    kw = {"tokenize": False, "add_generation_prompt": add_generation_prompt}
     try:
-        return str(
-            tokenizer.apply_chat_template(prompt.messages(), tokenize=False, add_generation_prompt=True)
-        )
+        return str(tokenizer.apply_chat_template(list(messages), **kw))
     except Exception:
-        # Some templates (Gemma's) refuse a system role: fold the system text into the user turn.
-        merged = [{"role": "user", "content": f"{prompt.system_text}\n\n{prompt.user_text}"}]
-        return str(tokenizer.apply_chat_template(merged, tokenize=False, add_generation_prompt=True))
+        if not messages or messages[0]["role"] != "system" or len(messages) < 2:
+            raise
+        # Some templates (Gemma's) refuse a system role: fold the system text into the first user turn.
+        first = {"role": "user", "content": f"{messages[0]['content']}\n\n{messages[1]['content']}"}
+        return str(tokenizer.apply_chat_template([first, *messages[2:]], **kw))
 
 
 def tokenize_prompt(
     tokenizer: Any, prompt: Prompt, positions: Sequence[str] = POSITION_NAMES
 ) -> TokenizedPrompt:
     text = render(tokenizer, prompt)
-    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
-    ids: list[int] = list(enc["input_ids"])
-    offsets: list[tuple[int, int]] = [tuple(o) for o in enc["offset_mapping"]]
-    bos = getattr(tokenizer, "bos_token", None)
-    if bos and _adds_bos(tokenizer) and not text.startswith(bos):
-        ids = [tokenizer.bos_token_id, *ids]
-        offsets = [(0, 0), *offsets]
+    ids, offsets = encode_rendered(tokenizer, text)
     sys_start = _find(text, prompt.system_text, 0, "system message")
     user_start = _find(text, prompt.user_text, sys_start + len(prompt.system_text), "user message")
     spans = {
@@ -104,6 +109,19 @@ def tokenize_prompt(
         else:
             raise AfprobeError(f"unknown position {name!r} (known: {', '.join(POSITION_NAMES)})")
     return TokenizedPrompt(prompt, text, ids, found)
+
+
+def encode_rendered(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    """Token ids and character offsets of a rendered conversation, tokenized once: no special tokens added,
+    except a BOS the tokenizer expects and the text lacks (never a doubled BOS)."""
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids: list[int] = list(enc["input_ids"])
+    offsets: list[tuple[int, int]] = [(int(a), int(b)) for a, b in enc["offset_mapping"]]
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and _adds_bos(tokenizer) and not text.startswith(bos):
+        ids = [tokenizer.bos_token_id, *ids]
+        offsets = [(0, 0), *offsets]
+    return ids, offsets
 
 
 def tokenize_prompts(
