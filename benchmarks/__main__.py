@@ -1,6 +1,7 @@
 """Every benchmark in one run, one table of ratios: ``python -m benchmarks`` (or ``afprobe bench``).
 
-    python -m benchmarks [--only cache,probes,steering,patching,gpu] [--rounds N] [--out benchmarks]
+    python -m benchmarks [--only cache,probes,steering,patching,gpu,growth,probe_scale,hdf5] [--rounds N]
+                         [--quick] [--out benchmarks]
 
 Runs each area's ``benchmarks/bench_<area>.py`` ``main()`` (imported lazily; an area whose module is missing or
 fails is noted and skipped), then prints one table and writes ``results-<device>.json`` and ``RESULTS.md``
@@ -9,7 +10,8 @@ recorded earlier for the same device are kept, each dated by the run that measur
 
 What a ``main(...) -> dict`` may return for the table: ``times_s`` {method: median seconds}, measured side by
 side, its first method the reference every other is divided by; any number whose key contains ``ratio``,
-``speedup``, ``fraction`` or ``throughput`` (shown as is); ``target`` / ``verdict`` / ``note`` (shown beside).
+``speedup``, ``fraction``, ``throughput`` or ``exponent`` (shown as is); ``target`` / ``verdict`` / ``note``
+(shown beside); ``markdown`` (text put under the table in RESULTS.md, e.g. a growth curve's points).
 ``main`` is called with the options it accepts among ``rounds`` and ``quick``.
 """
 
@@ -30,8 +32,8 @@ from typing import Any
 
 import torch
 
-AREAS = ("cache", "probes", "steering", "patching", "gpu")
-NUMBER_KEYS = re.compile(r"ratio|speedup|fraction|throughput")
+AREAS = ("cache", "probes", "steering", "patching", "gpu", "growth", "probe_scale", "hdf5")
+NUMBER_KEYS = re.compile(r"ratio|speedup|fraction|throughput|exponent")
 
 
 @dataclass
@@ -192,7 +194,12 @@ def run_all(
         else "Areas from separate runs (each measured side by side within itself): "
         + ", ".join(f"{area} {t}" for area, t in stamps.items())
     )
-    body = f"{when}, torch {torch.__version__}; raw numbers in `{json_path.name}`.\n\n{table}\n"
+    details = "".join(
+        f"\n### {area}\n\n{entry['result']['markdown'].strip()}\n"
+        for area, entry in results.items()
+        if isinstance(entry["result"], dict) and isinstance(entry["result"].get("markdown"), str)
+    )
+    body = f"{when}, torch {torch.__version__}; raw numbers in `{json_path.name}`.\n\n{table}\n{details}"
     update_results_md(out / "RESULTS.md", device, body)
     print(f"\nwrote {json_path} and {out / 'RESULTS.md'}")
     return record

@@ -111,3 +111,60 @@ def test_bench_gpu_code_runs_on_cpu_at_a_tiny_shape(bench) -> None:
     assert bench_gpu.bf16_peak("NVIDIA A100-SXM4-80GB") == 312e12
     cfg = bench_gpu.build_model("tiny", "cpu", torch.float32).config
     assert bench_gpu.forward_flops_per_token(cfg, 32) > 2 * 3 * 64 * 64
+
+
+def test_exponents_and_curve_tables_reach_results_md(bench, monkeypatch, tmp_path: Path) -> None:
+    """An area's ``exponent`` numbers become rows and its ``markdown`` goes under the table in RESULTS.md."""
+    from benchmarks._memory import slope
+    from benchmarks.bench_growth import exponents, markdown
+
+    assert slope([1, 2, 4, 8], [3, 12, 48, 192]) == pytest.approx(2.0)
+    assert slope([10, 100], [5.0, 5.0]) == pytest.approx(0.0)
+    curves = {
+        "probes_vs_prompts (d 8)": {
+            "size": "prompts",
+            "points": [
+                {"prompts": n, "batched_cpu_s": 0.01 * n, "peak_mib": 2.0 * n**2} for n in (10, 20, 40)
+            ],
+        }
+    }
+    exps = exponents(curves)
+    assert exps["probes_vs_prompts: batched_cpu_s"] == pytest.approx(1.0)
+    assert exps["probes_vs_prompts: peak_mib"] == pytest.approx(2.0)
+    growth = types.ModuleType("benchmarks.bench_growth_fake")
+    growth.main = lambda: {"exponent": exps, "markdown": markdown(curves, exps)}  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "benchmarks.bench_growth", growth)
+    record = bench.run_all(["growth"], out=tmp_path)
+    measures = {r["measure"]: r["value"] for r in record["rows"]}
+    assert measures["exponent: probes_vs_prompts: batched_cpu_s"] == pytest.approx(1.0)
+    md = (tmp_path / "RESULTS.md").read_text()
+    assert "### growth" in md and "| 40 | 0.4 | 3.2e+03 |" in md
+
+
+def test_growth_points_run_at_tiny_sizes(tmp_path: Path) -> None:
+    """The probe point (batched vs scikit-learn on the stage's problems) and the cache point (the cache's own
+    loop on a random-init Llama) at sizes that take a second."""
+    from benchmarks.bench_growth import _cache_point, _llama, _probe_point
+
+    p = _probe_point(96, 32)
+    assert p["solver"] == "newton" and p["batched_cpu_s"] > 0 and p["sklearn_cpu_s_extrapolated"] > 0
+    c = _cache_point(_llama("tiny", 1), 4, tmp_path)
+    assert c["cpu_s"] > 0 and not list(tmp_path.iterdir())  # the file is removed
+
+
+def test_hdf5_bench_reads_the_same_bytes_both_ways(tmp_path: Path) -> None:
+    """On a small file: the by-layer slice is one chunk (one byte range); h5py and the raw reads see it; the
+    residency check answers a fraction."""
+    from benchmarks import bench_hdf5
+
+    path = tmp_path / "a.h5"
+    bench_hdf5.write_file(path, 64, 2, 2, 32, old_layout=False)
+    (ranges,) = [bench_hdf5.slice_ranges(path, 1, 0)]
+    assert len(ranges) == 1 and ranges[0][1] == 64 * 32 * 2
+    old = tmp_path / "b.h5"
+    bench_hdf5.write_file(old, 64, 2, 2, 32, old_layout=True)
+    assert len(bench_hdf5.slice_ranges(old, 1, 0)) == 4
+    bench_hdf5.evict(path)
+    assert 0.0 <= bench_hdf5.resident_fraction(path, *ranges[0]) <= 1.0
+    m = bench_hdf5.measure(path, [(1, 0)])
+    assert m["slice_mib"] == pytest.approx(64 * 32 * 2 / 2**20) and m["fraction"] > 0

@@ -1,6 +1,7 @@
 """The activation cache: run the model over matched prompts (or replay saved transcripts of its own reasoning)
 and store the residual stream in HDF5."""
 
+from afprobe.activations._layout import relayout
 from afprobe.activations._reader import ActivationReader
 from afprobe.activations._runner import CacheConfig, CacheRunConfig, CacheRunner, resolve_layers
 from afprobe.activations._store import (
@@ -30,6 +31,7 @@ __all__ = [
     "hdf5_writes_failed",
     "partial_path",
     "partial_run_key",
+    "relayout",
     "resolve_layers",
     "usable",
 ]

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 
 from afprobe._errors import AfprobeError
-from afprobe.activations._store import FORMAT, META_COLUMNS, partial_path
+from afprobe.activations._store import FORMAT, META_COLUMNS, partial_path, resid_chunks
 
 REQUIRED_META = ("pair_id", "request_id", "tier")
 
@@ -108,6 +108,17 @@ class ActivationReader:
     def iter_layers(self, position: str) -> Iterator[tuple[int, np.ndarray]]:
         for layer in self.layers:
             yield layer, self.get(layer, position)
+
+    @property
+    def layout(self) -> str:
+        """``"by_layer"`` when one chunk holds a (layer, position) for every prompt (or as many as a chunk may
+        hold), so reading it is sequential; ``"by_prompt"`` for files chunked by batches of prompts (cached before
+        that layout: ``afprobe relayout`` rewrites them); ``"contiguous"`` when not chunked."""
+        chunks = self.resid.chunks
+        if chunks is None:
+            return "contiguous"
+        full = resid_chunks(self.n_prompts, self.d_model, self.resid.dtype)
+        return "by_layer" if tuple(chunks) == full else "by_prompt"
 
     @property
     def input_ids(self) -> np.ndarray:

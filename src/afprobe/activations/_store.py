@@ -9,6 +9,14 @@ another model, config or prompt set is refused.
 Layout (see DESIGN.md): ``resid`` [prompt, layer, position, d_model] with attrs ``layers`` and
 ``position_names``; ``input_ids`` [prompt, max_len] right-padded; ``lengths`` [prompt]; ``position_index``
 [prompt, position]; ``meta/<column>`` one row per prompt; provenance in the root attrs.
+
+On disk ``resid`` is stored for reading by layer: one chunk per (layer, position) holding every prompt (up to
+:data:`CHUNK_BYTES`; beyond that, a few chunks of that size), so the probes' read of one (layer, position) for all
+prompts is one sequential read. The chunks are allocated in (layer, position) order by the first batch's write and
+filled batch by batch in place: HDF5 writes straight into a chunk larger than its chunk cache, and the writer
+turns the cache off, so each batch costs one contiguous write per (layer, position), with no fill values written
+and no chunk read back. Files written before (one chunk per batch of prompts per (layer, position)) read the
+same, only more slowly by layer; :func:`afprobe.activations.relayout` rewrites one in this layout.
 """
 
 from __future__ import annotations
@@ -44,6 +52,31 @@ META_COLUMNS = (
 )
 STR = h5py.string_dtype("utf-8")
 FORMAT = "afprobe.activations/1"  # the root attr ``format``; the reader refuses any other
+CHUNK_BYTES = 1 << 30  # largest resid chunk (HDF5's limit is 4 GiB)
+
+
+def resid_chunks(n_prompts: int, d_model: int, dtype: Any) -> tuple[int, int, int, int]:
+    """Chunk shape of ``resid``: every prompt of one (layer, position), or as many as fit in :data:`CHUNK_BYTES`."""
+    rows = CHUNK_BYTES // max(1, d_model * np.dtype(dtype).itemsize)
+    return (max(1, min(n_prompts, rows)), 1, 1, d_model)
+
+
+def create_resid(
+    f: h5py.File, n_prompts: int, n_layers: int, n_positions: int, d_model: int, dtype: Any
+) -> Any:
+    """The ``resid`` dataset in the by-layer layout, without fill values (rows are valid up to ``n_done``)."""
+    return f.create_dataset(
+        "resid",
+        shape=(n_prompts, n_layers, n_positions, d_model),
+        dtype=np.dtype(dtype),
+        chunks=resid_chunks(n_prompts, d_model, dtype),
+        fill_time="never",
+    )
+
+
+def open_for_append(path: Path, mode: str) -> h5py.File:
+    """Open with the chunk cache off, so batch writes go straight to their place in each chunk."""
+    return h5py.File(path, mode, rdcc_nbytes=0)
 
 
 def partial_path(out: Path) -> Path:
@@ -118,7 +151,7 @@ class ActivationWriter:
         if self.path.exists():
             f = None
             try:
-                f = h5py.File(self.path, "r+")
+                f = open_for_append(self.path, "r+")
                 key = f.attrs.get("run_key")
                 if key is None or "n_done" not in f.attrs:
                     raise KeyError("created only in part")
@@ -146,7 +179,7 @@ class ActivationWriter:
     def _create(
         self, run_key, n_prompts, layers, position_names, d_model, max_len, dtype, batch_size, meta, attrs
     ) -> h5py.File:
-        f = h5py.File(self.path, "w")
+        f = open_for_append(self.path, "w")
         try:
             self._lay_out(
                 f,
@@ -172,9 +205,7 @@ class ActivationWriter:
     ) -> None:
         n_l, n_p = len(layers), len(position_names)
         rows = max(1, min(batch_size, n_prompts))
-        resid = f.create_dataset(
-            "resid", shape=(n_prompts, n_l, n_p, d_model), dtype=np.dtype(dtype), chunks=(rows, 1, 1, d_model)
-        )
+        resid = create_resid(f, n_prompts, n_l, n_p, d_model, dtype)
         resid.attrs["layers"] = np.asarray(layers, dtype=np.int64)
         resid.attrs.create("position_names", data=list(position_names), dtype=STR)
         f.create_dataset("input_ids", shape=(n_prompts, max_len), dtype=np.int64, chunks=(rows, max_len))

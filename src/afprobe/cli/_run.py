@@ -9,7 +9,7 @@ import typer
 
 from afprobe import AfprobeError
 from afprobe.cli._app import Flags, app, shared_flags
-from afprobe.pipeline import load_run_config, run_pipeline, shipped_configs
+from afprobe.pipeline import check_fits, estimate_run, load_run_config, run_pipeline, shipped_configs
 
 ConfigArg = Annotated[
     str | None,
@@ -29,6 +29,14 @@ def run(
     out: Annotated[Path, typer.Option("--out", help="Run directory, e.g. runs/default.")] = Path(
         "runs/default"
     ),
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Print each stage's tokens, forward passes, disk and memory (no weights loaded) and stop; "
+            "refuses a run that cannot fit on the disk of --out.",
+        ),
+    ] = False,
 ) -> None:
     """Scenarios -> cache -> probes -> compliance -> steering -> patching -> report, under one progress display.
 
@@ -39,6 +47,12 @@ def run(
         raise AfprobeError("give the config once: as the CONFIG argument or as --config, not both")
     spec = flags.config if flags.config is not None else config_name
     cfg = load_run_config(spec, [*flags.overrides(), *(flags.set_ or [])])
+    if dry_run:
+        est = estimate_run(cfg)
+        typer.echo(est.table())
+        check_fits(est, out)
+        typer.echo(f"fits: {out} has room for the run's outputs")
+        return
     result = run_pipeline(cfg, out, progress=flags.progress, log=(lambda _msg: None) if flags.quiet else None)
     summary = result.summary or {}
     ran = [r.stage for r in result.records if r.status == "ran"]

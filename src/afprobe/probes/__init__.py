@@ -16,6 +16,7 @@ from afprobe.probes._directions import (
 from afprobe.probes._estimators import LogisticProbe, MassMeanProbe, TorchLogisticProbe
 from afprobe.probes._evaluate import cross_validate_layer, transfer_matrix
 from afprobe.probes._labels import LabelSets, make_label_sets
+from afprobe.probes._lbfgs import choose_solver, fit_logistic_lbfgs
 from afprobe.probes._metrics import (
     RequestBootstrap,
     accuracy,
@@ -45,10 +46,12 @@ __all__ = [
     "TorchLogisticProbe",
     "accuracy",
     "auroc",
+    "choose_solver",
     "cosine_between_layers",
     "cosine_between_probes",
     "cross_validate_layer",
     "fit_logistic_batched",
+    "fit_logistic_lbfgs",
     "fit_mass_mean_batched",
     "grouped_folds",
     "load_directions",

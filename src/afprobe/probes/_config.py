@@ -28,6 +28,11 @@ class ProbeConfig(StrictModel):
     so fewer than ``1 / alpha - 1`` draws can never reach ``alpha``; 0 turns the test off). The first
     ``baseline_repeats`` draws are also fitted at every position and averaged into each curve's shuffled-label
     baseline. ``power_sims`` simulated studies per strength estimate the smallest detectable AUROC (0: off).
+
+    ``solver`` (``torch_logistic``): ``newton`` is exact to rounding and cheapest while prompts are few next to
+    features (hundreds); ``lbfgs`` fits every problem of a (layer, position) together on their shared activations
+    and stops at scikit-learn's ``tol`` (within ``max_iter``), the one for thousands of prompts or more prompts than
+    features; ``auto`` picks by shape (:func:`afprobe.probes.choose_solver`).
     """
 
     probes: list[ProbeType] = Field(default_factory=lambda: list(DEFAULT_PROBES))
@@ -49,10 +54,28 @@ class ProbeConfig(StrictModel):
     ci: float = Field(default=0.95, gt=0.0, lt=1.0)
     C: float = Field(default=1.0, gt=0.0)
     standardize: bool = True
-    max_iter: int = Field(default=1000, ge=1, description="scikit-learn lbfgs iterations (probe 'logistic')")
-    tol: float = Field(default=1e-4, gt=0.0, description="scikit-learn lbfgs tolerance (probe 'logistic')")
+    max_iter: int = Field(
+        default=1000,
+        ge=1,
+        description="L-BFGS iterations (probe 'logistic', and torch_logistic's lbfgs solver)",
+    )
+    tol: float = Field(
+        default=1e-4,
+        gt=0.0,
+        description="L-BFGS gradient tolerance (scikit-learn's gtol), both L-BFGS solvers",
+    )
     newton_iter: int = Field(default=50, ge=1, description="Newton iterations of the batched torch probe")
     newton_tol: float = Field(default=1e-6, gt=0.0)
+    solver: Literal["auto", "newton", "lbfgs"] = Field(
+        default="auto",
+        description="torch_logistic's solver: exact Newton, batched L-BFGS over the problems sharing a position "
+        "(stops at scikit-learn's tol, within max_iter), or by shape",
+    )
+    fast_products: Literal["auto", "on", "off"] = Field(
+        default="auto",
+        description="lbfgs solver: iterate with bfloat16 products, then finish in torch_dtype to the same tol "
+        "(auto: where the CPU or GPU runs bfloat16 natively)",
+    )
     torch_dtype: Literal["float32", "float64"] = "float32"
     device: str = "auto"
     max_batch_elements: int = Field(

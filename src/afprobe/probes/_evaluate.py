@@ -17,6 +17,7 @@ from afprobe.probes._batched import BatchedLinear, fit_logistic_batched
 from afprobe.probes._config import ProbeConfig
 from afprobe.probes._estimators import LogisticProbe
 from afprobe.probes._labels import LabelSets
+from afprobe.probes._lbfgs import LBFGS_MEMORY, choose_solver, fast_products_available, fit_logistic_lbfgs
 from afprobe.probes._metrics import accuracy, auroc, balanced_weights
 from afprobe.probes._shared import fit_logistic_shared, fit_mass_mean_shared
 
@@ -58,7 +59,9 @@ def fit_problems(
     The torch probes read ``X`` once for all problems (:mod:`afprobe.probes._shared`): problems with the same
     position and training rows share their kernel, so extra label sets (shuffled labels, permutations) cost a
     Newton solve each, not a copy of the activations. With more training rows than features the logistic probe
-    works in feature space, a batch of problems at a time (:func:`fit_logistic_batched`)."""
+    works in feature space, a batch of problems at a time (:func:`fit_logistic_batched`). ``cfg.solver`` ``lbfgs``
+    (or ``auto`` where the shape makes Newton's kernels or Hessians the larger work) fits every problem of a
+    position together by batched L-BFGS on that position's rows (:func:`fit_logistic_lbfgs`)."""
     if probe == "logistic":
         return _fit_sklearn(X, problems, cfg)
     dtype = torch.float64 if cfg.torch_dtype == "float64" else torch.float32
@@ -70,6 +73,8 @@ def fit_problems(
     if probe != "torch_logistic":
         raise ValueError(f"unknown probe type {probe!r}")
     n, d = X.shape[1:]
+    if solver_for(cfg, n, d, problems, device) == "lbfgs":
+        return _fit_lbfgs(Xt, problems, weights, cfg)
     if int(problems.train.sum(1).max()) <= d:
         scores, coef = fit_logistic_shared(
             Xt,
@@ -96,6 +101,50 @@ def fit_problems(
         out_scores.append(fit.decision(xb).double().cpu().numpy())
         coefs.append(fit.coef.double().cpu().numpy())
     return Fitted(np.concatenate(out_scores), np.concatenate(coefs))
+
+
+def solver_for(cfg: ProbeConfig, n: int, d: int, problems: Problems, device: torch.device) -> str:
+    """The configured solver, or by shape (:func:`choose_solver`) for the problems of the busiest position: their
+    number, their distinct training sets (the kernels Newton builds) and their largest training set."""
+    if cfg.solver != "auto":
+        return cfg.solver
+    busiest = max(np.unique(problems.pos), key=lambda p: int((problems.pos == p).sum()))
+    train = problems.train[problems.pos == busiest]
+    kernels = len(np.unique(train, axis=0))
+    return choose_solver(n, d, len(train), _fast(cfg, device), kernels=kernels, train=int(train.sum(1).max()))
+
+
+def _fast(cfg: ProbeConfig, device: torch.device) -> bool:
+    return cfg.fast_products == "on" or (cfg.fast_products == "auto" and fast_products_available(device))
+
+
+def _fit_lbfgs(Xt: torch.Tensor, problems: Problems, weights: np.ndarray, cfg: ProbeConfig) -> Fitted:
+    """Batched L-BFGS, one call per position (in batches bounded by ``max_batch_elements``): every problem of a
+    position shares its ``X[prompt, d_model]``."""
+    n, d = Xt.shape[1:]
+    scores = np.zeros(problems.y.shape)
+    coefs = np.zeros((len(problems), d))
+    chunk = max(1, cfg.max_batch_elements // (2 * LBFGS_MEMORY * d + 8 * n))
+    fast = _fast(cfg, Xt.device)
+    for p in np.unique(problems.pos):
+        rows = np.flatnonzero(problems.pos == p)
+        for start in range(0, len(rows), chunk):
+            idx = rows[start : start + chunk]
+            yb = torch.as_tensor(problems.y[idx], device=Xt.device, dtype=Xt.dtype)
+            wb = torch.as_tensor(weights[idx], device=Xt.device, dtype=Xt.dtype)
+            fit = fit_logistic_lbfgs(
+                Xt[p],
+                yb,
+                wb,
+                C=cfg.C,
+                standardize=cfg.standardize,
+                max_iter=cfg.max_iter,
+                tol=cfg.tol,
+                fast_products=fast,
+            )
+            scores[idx] = (fit.coef @ Xt[p].T + fit.intercept[:, None]).double().cpu().numpy()
+            coefs[idx] = fit.coef.double().cpu().numpy()
+    return Fitted(scores, coefs)
 
 
 def _fit_sklearn(X: np.ndarray, problems: Problems, cfg: ProbeConfig) -> Fitted:
