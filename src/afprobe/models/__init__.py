@@ -27,6 +27,8 @@ from afprobe.models._registry import (
     check_backend,
     register_backend,
     register_model_alias,
+    resolve_adapter,
+    shipped_adapters,
 )
 from afprobe.models._remote import NDIFBackend
 from afprobe.models._sources import Source, resolve_source
@@ -68,10 +70,12 @@ __all__ = [
     "make_tiny_tokenizer",
     "register_backend",
     "register_model_alias",
+    "resolve_adapter",
     "resolve_dtype",
     "resolve_source",
     "right_pad",
     "shift_edit",
+    "shipped_adapters",
     "stack_edits",
     "stop_token_ids",
     "weights_fingerprint",
