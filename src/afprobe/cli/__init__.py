@@ -10,7 +10,7 @@ import sys
 import typer
 
 from afprobe import AfprobeError
-from afprobe.cli import _cache, _models, _organism, _patch, _probe, _report, _run, _steer  # noqa: F401  (registers commands)
+from afprobe.cli import _cache, _models, _organism, _patch, _probe, _report, _run, _steer, _validate  # noqa: F401  (registers commands)
 from afprobe.cli._app import app
 
 __all__ = ["app", "main"]

@@ -36,6 +36,15 @@ from afprobe.organisms._train_data import (
     split_requests,
     training_examples,
 )
+from afprobe.organisms._validate import (
+    VALIDATION_FILE,
+    ValidateConfig,
+    ValidateRunConfig,
+    heldout_prompts,
+    localize,
+    power_curve,
+    validate,
+)
 
 __all__ = [
     "ACCEPT_TARGET",
@@ -45,6 +54,7 @@ __all__ = [
     "PLANTED_FORMAT",
     "REJECT_TARGET",
     "SWEEP_FILE",
+    "VALIDATION_FILE",
     "Mechanism",
     "PlantConfig",
     "PlantPoint",
@@ -53,12 +63,17 @@ __all__ = [
     "Split",
     "TrainConfig",
     "TrainRunConfig",
+    "ValidateConfig",
+    "ValidateRunConfig",
     "apply_mechanism",
     "build_mechanism",
     "calibrate",
     "default_block",
+    "heldout_prompts",
+    "localize",
     "plant",
     "planted_record",
+    "power_curve",
     "read_manifest",
     "read_planted",
     "save_planted",
@@ -67,4 +82,5 @@ __all__ = [
     "split_requests",
     "train_organism",
     "training_examples",
+    "validate",
 ]

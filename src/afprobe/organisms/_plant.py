@@ -265,7 +265,8 @@ def calibrate(
                 return []
             rows = torch.tensor(batch.indices)[batch.row_prompt]
             v = (k * value[rows])[:, None, None] * mech.write.float()[None, None, :]
-            return [Edit(mech.write_layer, "add", v, batch.named["last"][:, None])]
+            last = batch.per_row(torch.tensor([it.tok.positions["last"] for it in batch.items]))
+            return [Edit(mech.write_layer, "add", v, last[:, None])]
 
         return edits
 
