@@ -45,7 +45,14 @@ def _result(ok: bool) -> dict:
         "model": {"name": "m"},
         "planted": {"block": 2, "read_layer": 2, "write_layer": 3, "positions": ["last"], "gap": 1.0},
         "targets": [
-            {"target": "t1", "planted": 1.0, "recovered": 0.95, "criterion": ">= 0.9", "unit": "x", "pass": True},
+            {
+                "target": "t1",
+                "planted": 1.0,
+                "recovered": 0.95,
+                "criterion": ">= 0.9",
+                "unit": "x",
+                "pass": True,
+            },
             {"target": "t2", "planted": 0.0, "recovered": 0.5, "criterion": "+-0.1", "unit": "x", "pass": ok},
         ],
         "all_pass": ok,
