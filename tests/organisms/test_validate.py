@@ -96,9 +96,15 @@ def test_known_answers_render(tmp_path: Path) -> None:
 def test_validate_recovers_the_planted_mechanism(embedded_lm: LoadedModel) -> None:
     cfg = ValidateRunConfig.model_validate(
         {
+            "scenario": {
+                "harmful": True,
+                "limit": 5,
+                "system_prompts": ["helpful_only"],
+                "cue_formats": ["tag"],
+            },
             "validate": {
                 "gap": 2.0,
-                "patch_layers": [0, 13, 14, 15, 16, 20, 30],
+                "patch_layers": [0, 14, 15, 16, 30],
                 "power_gaps": [0.0, 0.2],
                 "power_limit": 5,
                 "n_bootstrap": 200,
