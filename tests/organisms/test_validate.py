@@ -108,7 +108,7 @@ def test_validate_recovers_the_planted_mechanism(embedded_lm: LoadedModel) -> No
                 "power_gaps": [0.0, 0.2],
                 "power_limit": 5,
                 "n_bootstrap": 200,
-            }
+            },
         }
     )
     res = validate(cfg, lm=embedded_lm)

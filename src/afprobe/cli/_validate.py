@@ -20,8 +20,8 @@ def validate_cmd(
     flags: Flags,
 ) -> None:
     """Does afprobe find an effect when there is one? Plant one, recover it, print the table (exit 1 on a FAIL)."""
-    from afprobe._io import atomic_write_text, write_json
-    from afprobe.organisms import VALIDATION_FILE, ValidateRunConfig, validate
+    from afprobe.organisms import VALIDATION_FILE, ValidateRunConfig, validate, write_validation
+    from afprobe.pipeline import load_run_config
     from afprobe.report import known_markdown
 
     if out.exists() and not out.is_dir():
@@ -29,11 +29,10 @@ def validate_cmd(
     if (out / VALIDATION_FILE).exists() and not flags.overwrite:
         raise AfprobeError(f"{out} already holds {VALIDATION_FILE}; pass --overwrite to replace it")
     cfg = flags.config_of(ValidateRunConfig)
-    result = validate(cfg, progress=flags.progress)
-    out.mkdir(parents=True, exist_ok=True)
+    default = load_run_config("default")
+    result = validate(cfg, power_sizes=(default.scenario, default.compliance), progress=flags.progress)
     md = known_markdown(result)
-    atomic_write_text(out / "validation.md", md)
-    write_json(out / VALIDATION_FILE, result)
+    write_validation(result, out, md)
     typer.echo(md)
     typer.echo(f"wrote {out / VALIDATION_FILE}")
     if not result["all_pass"]:

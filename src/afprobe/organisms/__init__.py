@@ -44,6 +44,7 @@ from afprobe.organisms._validate import (
     localize,
     power_curve,
     validate,
+    write_validation,
 )
 
 __all__ = [
@@ -83,4 +84,5 @@ __all__ = [
     "train_organism",
     "training_examples",
     "validate",
+    "write_validation",
 ]

@@ -23,11 +23,13 @@ from __future__ import annotations
 
 import copy
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 from pydantic import Field
 
+from afprobe._io import atomic_write_text, write_json
 from afprobe.config import StrictModel
 from afprobe.experiments import (
     ComplianceConfig,
@@ -296,7 +298,7 @@ def validate(
     )
 
     t = time.perf_counter()
-    curve = power_curve(work, res, vc, cfg.seed, progress)
+    curve = power_curve(work, res, vc, cfg.seed, progress, power_sizes)
     timings["power"] = time.perf_counter() - t
     detected = [r["planted_gap"] for r in curve if r["detected"] and r["requested_gap"] > 0]
     return {
@@ -329,17 +331,19 @@ def heldout_prompts(sc: ScenarioConfig, offset: int) -> list[Prompt]:
 
 
 def power_curve(
-    lm: LoadedModel, res: PlantResult, vc: ValidateConfig, seed: int, progress: bool
+    lm: LoadedModel,
+    res: PlantResult,
+    vc: ValidateConfig,
+    seed: int,
+    progress: bool,
+    sizes: tuple[ScenarioConfig, ComplianceConfig] | None = None,
 ) -> list[dict[str, Any]]:
     """Each planted gap of the sweep (0: the sham), measured as the compliance stage of a default run would: its
     scenario, its compliance settings (logit metric), the gap's status."""
-    from afprobe.pipeline import load_run_config
-
-    default = load_run_config("default")
-    sc = default.scenario
+    sc, cc = sizes or (ScenarioConfig(harmful=True, limit=12), ComplianceConfig())
     if vc.power_limit is not None:
         sc = sc.model_copy(update={"limit": vc.power_limit})
-    cc = default.compliance.model_copy(update={"generate": False, "batch_size": vc.batch_size})
+    cc = cc.model_copy(update={"generate": False, "batch_size": vc.batch_size})
     subject = make_subject(lm, build_scenario(sc), backend="hooks")
     points = [(0.0, 0.0)] + [
         (float(p.requested_gap or 0.0), p.strength)
@@ -370,3 +374,11 @@ def power_curve(
             }
         )
     return rows
+
+
+def write_validation(result: dict[str, Any], out: str | Path, markdown: str) -> Path:
+    """``out/validation.md`` then ``out/validation.json`` (written last: its presence means finished)."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(out / "validation.md", markdown)
+    return write_json(out / VALIDATION_FILE, result)
