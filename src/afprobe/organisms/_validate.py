@@ -132,9 +132,17 @@ def localize(patching: dict[str, Any], m: Mechanism) -> dict[str, Any]:
 
 
 def validate(
-    cfg: ValidateRunConfig, *, lm: LoadedModel | None = None, progress: bool = False
+    cfg: ValidateRunConfig,
+    *,
+    lm: LoadedModel | None = None,
+    power_sizes: tuple[ScenarioConfig, ComplianceConfig] | None = None,
+    progress: bool = False,
 ) -> dict[str, Any]:
-    """Plant ``cfg.validate.gap`` nats in a copy of the model, run every causal test, return the table."""
+    """Plant ``cfg.validate.gap`` nats in a copy of the model, run every causal test, return the table.
+
+    ``power_sizes``: the default run's scenario and compliance settings, where the power curve is measured (the
+    CLI passes the shipped default config's; without it, 12 harmful requests x every system prompt and cue format
+    and the default compliance settings, the same sizes)."""
     vc = cfg.validate_
     t0 = time.perf_counter()
     base = lm or load_model(cfg.model)
