@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from afprobe._errors import AfprobeError
+from afprobe import AfprobeError
 from afprobe.cli._app import Flags, app, shared_flags
 
 
