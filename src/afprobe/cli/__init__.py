@@ -12,7 +12,18 @@ import sys
 import typer
 
 from afprobe.activations import hdf5_writes_failed
-from afprobe.cli import _cache, _models, _patch, _probe, _relayout, _report, _run, _steer  # noqa: F401  (registers commands)
+from afprobe.cli import (  # noqa: F401  (registers commands)
+    _cache,
+    _models,
+    _organism,
+    _patch,
+    _probe,
+    _relayout,
+    _report,
+    _run,
+    _steer,
+    _validate,
+)
 from afprobe.cli._app import DEBUG, app
 from afprobe.cli._boundary import debug_requested, describe
 

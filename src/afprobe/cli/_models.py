@@ -7,7 +7,7 @@ from typing import Annotated
 import typer
 
 from afprobe.cli._app import app
-from afprobe.models import MODEL_ALIASES, embedded_gguf_path, ensure_embedded
+from afprobe.models import MODEL_ALIASES, embedded_gguf_path, ensure_embedded, shipped_adapters
 
 models_app = typer.Typer(
     help="List model aliases and fetch the embedded default.", invoke_without_command=True
@@ -28,6 +28,9 @@ def list_models(ctx: typer.Context) -> None:
         else:
             typer.echo(f"{name:26s} {src.note}: {src.hub_id}")
     typer.echo("Also accepted: any hub id (org/name), a local model directory, or a local .gguf file.")
+    adapters = ", ".join(f"builtin:{n}" for n in shipped_adapters())
+    if adapters:
+        typer.echo(f"Shipped LoRA adapters (model.adapter): {adapters}")
 
 
 @models_app.command("fetch")

@@ -37,6 +37,8 @@ from afprobe.models._registry import (
     check_backend,
     register_backend,
     register_model_alias,
+    resolve_adapter,
+    shipped_adapters,
 )
 from afprobe.models._remote import NDIFBackend
 from afprobe.models._sources import Source, resolve_source
@@ -85,11 +87,13 @@ __all__ = [
     "prompt_keys",
     "register_backend",
     "register_model_alias",
+    "resolve_adapter",
     "resolve_dtype",
     "resolve_source",
     "right_pad",
     "select_cache",
     "shift_edit",
+    "shipped_adapters",
     "stack_edits",
     "stop_token_ids",
     "weights_fingerprint",

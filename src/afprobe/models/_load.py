@@ -10,6 +10,7 @@ from afprobe._device import resolve_device
 from afprobe._errors import AfprobeError
 from afprobe.models._config import ModelConfig, resolve_dtype
 from afprobe.models._loaded import LoadedModel, wrap_model
+from afprobe.models._registry import resolve_adapter
 from afprobe.models._remote import load_remote_model
 from afprobe.models._sources import resolve_source
 
@@ -42,7 +43,7 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
     if cfg.device_map is None:
         model = model.to(device)
     if cfg.adapter:
-        model = _apply_adapter(model, cfg.adapter)
+        model = _apply_adapter(model, resolve_adapter(cfg.adapter))
     return wrap_model(
         model, tokenizer, name=cfg.name, model_id=src.model_id, source=src.description, config=cfg
     )

@@ -5,6 +5,8 @@ against them, and the modules that define backends register themselves on import
 from __future__ import annotations
 
 from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
 from typing import Any
 
 from afprobe._errors import AfprobeError
@@ -63,6 +65,33 @@ for _alias, _hub in [
     register_model_alias(
         _alias, ModelSource(kind="hub", hub_id=_hub, note="Hugging Face hub (network, maybe a token)")
     )
+
+
+# ------------------------------------------------------------------------------------- shipped adapters
+
+# The trained organisms: ``model.adapter: builtin:NAME`` names the folder ``afprobe/organisms/adapters/NAME``
+# (package data); anything else is a path or hub id for PEFT.
+BUILTIN_ADAPTER_PREFIX = "builtin:"
+
+
+def shipped_adapters() -> dict[str, Path]:
+    """Name -> folder of every shipped adapter (a folder holding ``adapter_config.json``)."""
+    root = Path(str(resources.files("afprobe"))) / "organisms" / "adapters"
+    if not root.is_dir():
+        return {}
+    return {p.name: p for p in sorted(root.iterdir()) if (p / "adapter_config.json").is_file()}
+
+
+def resolve_adapter(spec: str) -> str:
+    """The path PEFT loads for ``model.adapter``: ``builtin:NAME`` -> the shipped folder; anything else as given."""
+    if not spec.startswith(BUILTIN_ADAPTER_PREFIX):
+        return spec
+    name = spec[len(BUILTIN_ADAPTER_PREFIX) :]
+    shipped = shipped_adapters()
+    if name not in shipped:
+        known = ", ".join(BUILTIN_ADAPTER_PREFIX + n for n in shipped) or "none"
+        raise AfprobeError(f"unknown shipped adapter {spec!r} (shipped: {known})")
+    return str(shipped[name])
 
 
 # --------------------------------------------------------------------------------------------- backends

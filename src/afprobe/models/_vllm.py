@@ -58,7 +58,9 @@ def vllm_generate(
     if adapter is not None:
         from vllm.lora.request import LoRARequest
 
-        request["lora_request"] = LoRARequest("adapter", 1, adapter)
+        from afprobe.models._registry import resolve_adapter
+
+        request["lora_request"] = LoRARequest("adapter", 1, resolve_adapter(adapter))
     outs = llm.generate([{"prompt_token_ids": ids} for ids in token_lists], params, use_tqdm=False, **request)
     new = [[int(t) for t in o.outputs[0].token_ids] for o in outs]
     return [ids[: next((k for k, t in enumerate(ids) if t in stops), len(ids))] for ids in new]

@@ -6,6 +6,7 @@ which the pipeline hands over, so ``afprobe report DIR`` can redraw it at any ti
 from afprobe.report._config import ReportConfig
 from afprobe.report._figures import ReportFigure, plot_steering_vs_random
 from afprobe.report._html import REPORT_FILE, SUMMARY_FILE, collect_figures, render_html, write_report
+from afprobe.report._known import KNOWN_FILE, known_markdown, known_section, read_known
 from afprobe.report._plots import (
     patching_heatmaps,
     plot_compliance_gap,
@@ -30,6 +31,7 @@ from afprobe.report._verdict import (
 
 __all__ = [
     "ALPHA",
+    "KNOWN_FILE",
     "MIN_PROBE_REQUESTS",
     "RANDOM_SDS",
     "REPORT_FILE",
@@ -47,11 +49,14 @@ __all__ = [
     "describe_setup",
     "gap_state",
     "is_decodable",
+    "known_markdown",
+    "known_section",
     "patching_heatmaps",
     "plot_compliance_gap",
     "plot_dose_response",
     "plot_patching_heatmap",
     "plot_steering_vs_random",
+    "read_known",
     "read_stage",
     "render_html",
     "steering_beyond_random",

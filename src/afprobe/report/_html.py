@@ -23,6 +23,7 @@ from afprobe.report._figures import (
     steering_figures,
     write_rows,
 )
+from afprobe.report._known import known_section, read_known
 from afprobe.report._summary import StageResults, build_summary, read_stage
 
 SUMMARY_FILE = "summary.json"
@@ -319,8 +320,9 @@ def render_html(
     title: str,
     description: str = "",
     config_yaml: str = "",
+    known: Mapping[str, Any] | None = None,
 ) -> str:
-    """The whole page as a string."""
+    """The whole page as a string (``known``: an ``afprobe validate`` result, shown as "Known answers")."""
     by_section: dict[str, list[str]] = {}
     for f, png in figures:
         by_section.setdefault(f.section, []).append(_figure_html(f, png))
@@ -341,6 +343,7 @@ def render_html(
         "<h2>Generalization</h2>" + (figs("generalization") or "<p>No cross-format results.</p>"),
         _steering_section(summary) + figs("steering"),
         _patching_section(summary) + figs("patching"),
+        known_section(known),
         _timings(summary),
         f"<h2>Config</h2><details><summary>the resolved config</summary><pre>{escape(config_yaml)}</pre></details>"
         if config_yaml
@@ -425,7 +428,15 @@ def write_report(
     summary = jsonable(build_summary(results, timings=timings, reused=reused))
     setup = read_stage(results, "scenarios")
     title = cfg.title or f"afprobe report: {summary.get('model') or 'unknown model'}"
-    html = render_html(summary, setup, pngs, title=title, description=description, config_yaml=config_yaml)
+    html = render_html(
+        summary,
+        setup,
+        pngs,
+        title=title,
+        description=description,
+        config_yaml=config_yaml,
+        known=read_known(run_dir),
+    )
     summary["timings"]["report"] = round(time.perf_counter() - t0, 3)
     summary["timings"]["total"] = round(sum(v for k, v in summary["timings"].items() if k != "total"), 3)
     atomic_write_text(

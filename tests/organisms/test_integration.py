@@ -1,0 +1,67 @@
+"""Known answers on the embedded model: a planted gap is found by the compliance metric on requests it was not
+calibrated on and the sham (strength 0) shows none; the shipped trained organism shows a significant positive
+gap on its held-out requests and cue formats, and its sham (tier labels shuffled) shows none."""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+
+from afprobe.experiments import gap_summary, logit_scores, pair_indices, prepare_prompts
+from afprobe.models import LoadedModel, make_backend, wrap_model
+from afprobe.organisms import PlantRunConfig, plant, set_strength
+from afprobe.scenarios import build_pairs, load_requests, tokenize_prompts
+
+pytestmark = pytest.mark.integration
+
+
+def _gap(lm: LoadedModel, prompts: list) -> dict:
+    items = prepare_prompts(lm.tokenizer, tokenize_prompts(lm.tokenizer, prompts))
+    acc, rej = logit_scores(make_backend(lm, "hooks"), items, batch_size=8)
+    return gap_summary(acc - rej, prompts, pair_indices(prompts), n_boot=1000)
+
+
+def test_planted_gap_is_found_and_the_sham_shows_none(embedded_lm: LoadedModel) -> None:
+    lm = wrap_model(copy.deepcopy(embedded_lm.model), embedded_lm.tokenizer, name="embedded copy")
+    cfg = PlantRunConfig.model_validate(
+        {
+            "scenario": {
+                "harmful": True,
+                "limit": 5,
+                "system_prompts": ["helpful_only"],
+                "cue_formats": ["tag"],
+            },
+            "plant": {"gaps": [1.0], "generations": 0, "n_gradient": 4, "n_bootstrap": 200},
+        }
+    )
+    res = plant(lm, cfg)
+    m, point = res.mechanism, res.points[0]
+    assert m.block == 15 and abs(point.planted_gap["gap"] - 1.0) <= 0.1
+    assert (
+        m.stats["gate"]["separable"]
+        and m.stats["gate"]["max_elsewhere"] < 0.01 * m.stats["gate"]["at_last_median"]
+    )
+    # it writes at `last` and (nearly) nowhere else
+    it = res.items[0]
+    ids = torch.tensor([it.tok.input_ids])
+    reads = []
+    for k in (0.0, point.strength):
+        set_strength(lm.model, m, k)
+        reads.append(
+            make_backend(lm, "hooks").run(ids, read_layers=[m.write_layer], logits=False).resid[m.write_layer]
+        )
+    along = ((reads[1] - reads[0])[0] @ m.write).abs()
+    last = it.tok.positions["last"]
+    assert float(along[last]) > 100 * float(torch.cat([along[:last], along[last + 1 :]]).max())
+    # on requests it was not calibrated on, the metric finds the planted gap; the sham shows none
+    held = build_pairs(load_requests("builtin", harmful=True)[5:10], ["tag"], ["helpful_only"])
+    set_strength(lm.model, m, point.strength)
+    found = _gap(lm, held)
+    set_strength(lm.model, m, 0.0)
+    sham = _gap(lm, held)
+    assert found["status"] == "significant" and found["gap"] > 0.3, found
+    assert sham["status"] != "significant", sham
+    assert np.isfinite(point.side_effects["paid_metric_change"]["mean"])
