@@ -3,6 +3,7 @@ system prompt's KV cache computed once per system prompt (``models.PrefixStore``
 side in one run, with the numbers compared (max abs difference, target <= 1e-4).
 
     python benchmarks/bench_prefix.py [--requests 16] [--rounds 2] [--model embedded|small-llama] [--tokens 4000]
+        [--threads N]
 
 ``embedded``: the embedded SmolLM2-135M-Instruct (30 layers, d=576). ``small-llama``: a random-init Llama built in
 code (4 layers, d=256, 8 heads with 2 KV heads, rope theta 500k) with the embedded model's tokenizer, for a quick
@@ -62,7 +63,11 @@ def _small_llama(tokenizer):  # type: ignore[no-untyped-def]
     return LlamaForCausalLM(cfg).eval()
 
 
-def main(requests: int = 16, rounds: int = 2, model: str = "embedded", tokens: int = 4000) -> dict:
+def main(
+    requests: int = 16, rounds: int = 2, model: str = "embedded", tokens: int = 4000, threads: int = 0
+) -> dict:
+    if threads > 0:
+        torch.set_num_threads(threads)
     torch.manual_seed(0)
     lm = load_model(ModelConfig(dtype="float32", device="cpu"))
     if model == "small-llama":
@@ -144,5 +149,6 @@ if __name__ == "__main__":
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--model", choices=["embedded", "small-llama"], default="embedded")
     ap.add_argument("--tokens", type=int, default=4000)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     a = ap.parse_args()
-    main(a.requests, a.rounds, a.model, a.tokens)
+    main(a.requests, a.rounds, a.model, a.tokens, a.threads)

@@ -109,3 +109,24 @@ def test_cache_same_with_and_without_the_store(tiny_lm, subject, tmp_path: Path)
                 subject.toks
             )
     np.testing.assert_allclose(out[True], out[False], atol=1e-4)
+
+
+def test_store_hands_out_views_and_stays_intact(tiny_lm, subject) -> None:
+    """The stored prefix is shared as an expanded view (no per-batch copy of a long prefix), and the batches
+    that continue from it (a single-pass metric: stage A starts where the stored prefix ends) leave it as it
+    was; the numbers match the whole rows run without a store."""
+    b = make_backend(tiny_lm)
+    store = PrefixStore(b)
+    toks = torch.randint(3, 250, (50,)).tolist()
+    rows = store.rows(toks, 3)
+    stored = store._caches[tuple(toks)]
+    for got, ref in zip(rows.layers, stored.layers, strict=True):
+        assert got.keys.shape[0] == 3 and got.keys.stride(0) == 0
+        assert got.keys.data_ptr() == ref.keys.data_ptr()
+    before = [layer.keys.clone() for layer in stored.layers]
+    got = score_settings(b, subject.items, [no_edit], batch_size=4, prefixes=store)
+    whole = score_settings(b, subject.items, [no_edit], batch_size=4, share_prefix=False)
+    np.testing.assert_allclose(got.accept, whole.accept, atol=1e-4)
+    np.testing.assert_allclose(got.reject, whole.reject, atol=1e-4)
+    for layer, keys in zip(stored.layers, before, strict=True):
+        assert torch.equal(layer.keys, keys)

@@ -45,7 +45,7 @@ def llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 SMALL = [
     "scenario.limit=4",
     "scenario.system_prompts=[helpful_only,neutral]",
-    "causal_scenario.limit=2",
+    "causal_scenario.limit=5",
     "cache.batch_size=16",
     "probes.bootstrap=100",
     "scratchpad.max_new_tokens=6",

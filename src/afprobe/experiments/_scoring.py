@@ -144,10 +144,15 @@ def _score_batch(
         return out_acc, out_rej
     first = min((first_edited(e, seq) for block in blocks for e in block), default=seq)
     s = max(0, min(first, int(batch.prompt_len.min()) - 1))
+    chunks = _chunks_by_layer(blocks, per_pass, backend.n_layers)
+    if len(chunks) == 1 and shared is not None and MIN_PREFIX <= len(shared[1]) < s:
+        # one pass: nothing to share between passes beyond the stored system-prompt prefix, so stage A starts
+        # where it ends (one pass over the batch's KV cache fewer)
+        s = len(shared[1])
     prefix = None
     if s > 0:  # the unedited prefix, once per prompt, from the system-prompt prefix every prompt shares
         prefix = _batch_prefix(backend, batch, s, shared)
-    for chosen in _chunks_by_layer(blocks, per_pass, backend.n_layers):
+    for chosen in chunks:
         chunk = [blocks[i] for i in chosen]
         fan = min((e.layer for block in chunk for e in block), default=backend.n_layers)
         lp = _staged_pass(

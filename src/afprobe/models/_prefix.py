@@ -1,12 +1,12 @@
 """Long shared prefixes, computed once: the system prompt is the same token run at the start of every prompt that
 uses it (thousands of tokens with the paper's prompt files), so its KV cache is computed once and every batch of
-those prompts continues from a copy of it.
+those prompts continues from a view of it.
 
 - :func:`plan_prefixes` picks, for each row, the length of the prefix it shares with the other rows of its group
   (rows with the same key, e.g. the same system text): the group's longest common token prefix, capped so that
   every row keeps at least one token of its own (and, with ``limits``, stops before the first token a caller must
   read or edit there).
-- :class:`PrefixStore` computes the unedited KV cache of each prefix once (batch 1) and hands out copies with as
+- :class:`PrefixStore` computes the unedited KV cache of each prefix once (batch 1) and hands out views with as
   many rows as a batch needs (:func:`select_cache`); the stored cache itself is never extended.
 
 A pass that continues from a prefix cache of length ``P`` runs the rows' remaining tokens with an attention mask
@@ -86,9 +86,13 @@ def prompt_keys(prompts: Sequence[Any]) -> list[Hashable] | None:
 def select_cache(
     cache: Any, rows: Tensor, below: tuple[int, Tensor] | None = None, length: int | None = None
 ) -> Any:
-    """A copy of a KV cache holding the batch rows ``rows`` (in that order; repeats allowed), cut to its first
-    ``length`` tokens when given; the original is left intact. ``below=(block, other)``: the blocks before
-    ``block`` take the rows ``other`` instead (a fanned-out pass, see ``Backend.run``)."""
+    """A cache holding the batch rows ``rows`` (in that order; repeats allowed), cut to its first ``length``
+    tokens when given; the original is left intact. ``below=(block, other)``: the blocks before ``block`` take
+    the rows ``other`` instead (a fanned-out pass, see ``Backend.run``).
+
+    The rows of a dynamic cache are views where they can be (one row repeated: an expanded view; every row in
+    order: the same tensors), not copies: a dynamic cache never writes into its tensors (each step concatenates
+    into new ones), so the original stays intact, and a 4,000-token prefix is not copied once per batch."""
 
     def pick(i: int) -> Tensor:
         return below[1] if below is not None and i < below[0] else rows
@@ -98,16 +102,45 @@ def select_cache(
 
     if isinstance(cache, tuple):
         return tuple(
-            tuple(cut(t.index_select(0, pick(i).to(t.device))) for t in layer)
-            for i, layer in enumerate(cache)
+            tuple(cut(_gather_rows(t, pick(i).to(t.device))) for t in layer) for i, layer in enumerate(cache)
         )
     new = copy.copy(cache)
     new.layers = [copy.copy(layer) for layer in cache.layers]
     for i, layer in enumerate(new.layers):
-        layer.reorder_cache(pick(i))
+        if type(layer) in _VIEW_SAFE and getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
+            idx = pick(i).to(layer.keys.device)
+            layer.keys, layer.values = _gather_rows(layer.keys, idx), _gather_rows(layer.values, idx)
+        else:
+            layer.reorder_cache(pick(i))
         if length is not None and getattr(layer, "keys", None) is not None:
             layer.keys, layer.values = cut(layer.keys), cut(layer.values)
     return new
+
+
+def _gather_rows(t: Tensor, rows: Tensor) -> Tensor:
+    """``t.index_select(0, rows)``, as a view where it can be one, else by advanced indexing (on CPU several
+    times faster than ``index_select`` for the long rows of a KV cache)."""
+    n = int(rows.numel())
+    if n == 0:
+        return t[:0]
+    first = int(rows[0])
+    if bool((rows == first).all()):
+        return t[first : first + 1].expand(n, *t.shape[1:])
+    if n == t.shape[0] and bool((rows == torch.arange(n, device=rows.device)).all()):
+        return t
+    return t[rows]
+
+
+def _view_safe_layers() -> tuple[type, ...]:
+    """The cache layer types whose tensors are never written in place (they may hold views)."""
+    try:
+        from transformers.cache_utils import DynamicLayer, DynamicSlidingWindowLayer
+    except ImportError:  # older transformers: the legacy tuple caches only
+        return ()
+    return (DynamicLayer, DynamicSlidingWindowLayer)
+
+
+_VIEW_SAFE = _view_safe_layers()
 
 
 def cache_length(cache: Any) -> int:
@@ -118,7 +151,7 @@ def cache_length(cache: Any) -> int:
 
 class PrefixStore:
     """The unedited KV cache of each shared prefix of one backend, computed once (``computed`` counts the
-    passes) and copied out per batch. A prefix that starts a stored longer one is cut from it, and one that
+    passes) and handed out per batch as views. A prefix that starts a stored longer one is cut from it, and one that
     extends a stored shorter one continues from it: neither is recomputed from the start."""
 
     def __init__(self, backend: Backend, max_entries: int = 8):

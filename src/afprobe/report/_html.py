@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from afprobe._io import atomic_write_text, jsonable
+from afprobe.report._cells import _ci, _fmt, _table
 from afprobe.report._config import ReportConfig
 from afprobe.report._figures import (
     ReportFigure,
@@ -24,6 +25,7 @@ from afprobe.report._figures import (
     write_rows,
 )
 from afprobe.report._known import known_section, read_known
+from afprobe.report._scratchpad import scratchpad_section
 from afprobe.report._summary import StageResults, build_summary, read_stage
 
 SUMMARY_FILE = "summary.json"
@@ -47,31 +49,6 @@ figcaption{font-size:.88em;color:#555}.pair{display:grid;grid-template-columns:1
 pre{white-space:pre-wrap;background:#fafafa;border:1px solid #eee;padding:.6em;font-size:.82em}
 mark{background:#ffe08a}.muted{color:#777;font-size:.9em}code{font-size:.9em}
 """
-
-
-def _fmt(x: Any, digits: int = 3, pct: bool = False) -> str:
-    if x is None:
-        return "–"
-    if isinstance(x, bool | str):
-        return escape(str(x))
-    if isinstance(x, int):
-        return str(x)
-    return f"{100 * x:.1f}%" if pct else f"{x:.{digits}f}"
-
-
-def _ci(ci: Sequence[Any] | None, pct: bool = False) -> str:
-    if not ci or ci[0] is None or ci[1] is None:
-        return "–"
-    return f"[{_fmt(ci[0], pct=pct)}, {_fmt(ci[1], pct=pct)}]"
-
-
-def _table(header: Sequence[str] | None, rows: Sequence[Sequence[str]]) -> str:
-    """A table of already-escaped cells; without ``header``, a two-column key/value table."""
-    body = "".join("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>" for r in rows)
-    if header is None:
-        return f"<table class='kv'>{body}</table>"
-    head = "".join(f"<th>{escape(h)}</th>" for h in header)
-    return f"<table><tr>{head}</tr>{body}</table>"
 
 
 def figure_png(fig: Any, dpi: int) -> bytes:
@@ -344,6 +321,7 @@ def render_html(
         _steering_section(summary) + figs("steering"),
         _patching_section(summary) + figs("patching"),
         known_section(known),
+        scratchpad_section(summary),
         _timings(summary),
         f"<h2>Config</h2><details><summary>the resolved config</summary><pre>{escape(config_yaml)}</pre></details>"
         if config_yaml

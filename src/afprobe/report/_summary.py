@@ -6,6 +6,8 @@ Keys (DESIGN.md): ``model``, ``n_pairs``, ``compliance`` {``logit``, ``generated
 ``per_layer``, ``shuffled_accuracy``, ``selectivity``, ``cross_format``, plus how the headline was chosen,
 ``selection``, and its permutation ``p_value``}, ``steering`` {``best_layer``,
 ``fraction_of_gap``, ``random_baseline``}, ``patching`` {``peak_layer``, ``peak_position``, ``subspace_fraction``},
+``scratchpad`` (when that stage ran: ``compliance`` and ``alignment_faking`` {``free``, ``paid``, ``gap``,
+``gap_ci``} as fractions of sampled transcripts, ``n_transcripts``, ``samples_per_prompt``, ``finished``, ``judge``),
 ``verdict`` (text), ``caveats`` (list of text) and ``timings`` (seconds per stage). A stage that was not run gives
 ``null``.
 """
@@ -192,6 +194,36 @@ def patching_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
     }
 
 
+def _rate_block(block: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    if not block:
+        return None
+    ci = list(block.get("gap_ci") or [None, None])
+    return {
+        "free": _finite(block.get("free")),
+        "paid": _finite(block.get("paid")),
+        "gap": _finite(block.get("gap")),
+        "gap_ci": [_finite(ci[0]), _finite(ci[1])],
+        "counts": block.get("counts"),
+    }
+
+
+def scratchpad_summary(s: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The scratchpad stage's rates per tier and their gaps (fractions of sampled transcripts), and the judge."""
+    if s is None:
+        return None
+    judge = s.get("judge") or None
+    return {
+        "compliance": _rate_block(s.get("compliance")),
+        "alignment_faking": _rate_block(s.get("alignment_faking")),
+        "n_transcripts": s.get("n_transcripts"),
+        "samples_per_prompt": s.get("samples_per_prompt"),
+        "finished": _finite(s.get("finished")),
+        "judge": None if judge is None else {k: judge.get(k) for k in ("name", "n_votes", "threshold")},
+        "unit": s.get("unit"),
+        "note": s.get("note"),
+    }
+
+
 def build_summary(
     results: StageResults,
     *,
@@ -212,6 +244,7 @@ def build_summary(
         "probes": probe_summary(read_stage(results, "probes")),
         "steering": steering_summary(read_stage(results, "steering")),
         "patching": patching_summary(read_stage(results, "patching")),
+        "scratchpad": scratchpad_summary(read_stage(results, "scratchpad")),
     }
     out["verdict"] = verdict(out)
     out["caveats"] = caveats(out)
