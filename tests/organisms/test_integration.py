@@ -1,31 +1,31 @@
 """Known answers on the embedded model: a planted gap is found by the compliance metric on requests it was not
-calibrated on and the sham (strength 0) shows none; the shipped trained organism shows a significant positive
-gap on its held-out requests and cue formats, and its sham (tier labels shuffled) shows none."""
+calibrated on and the sham (strength 0) shows none (no gap of at least ``MIN_GAP`` nats, the compliance stage's
+rule). The model is loaded afresh: planting edits weights, and a session model other tests have used is not a
+clean base."""
 
 from __future__ import annotations
-
-import copy
 
 import numpy as np
 import pytest
 import torch
 
 from afprobe.experiments import gap_summary, logit_scores, pair_indices, prepare_prompts
-from afprobe.models import LoadedModel, make_backend, wrap_model
+from afprobe.models import LoadedModel, ModelConfig, load_model, make_backend
 from afprobe.organisms import PlantRunConfig, plant, set_strength
 from afprobe.scenarios import build_pairs, load_requests, tokenize_prompts
 
 pytestmark = pytest.mark.integration
+MIN_GAP = 0.05  # ComplianceConfig's default: smaller gaps are "no gap"
 
 
 def _gap(lm: LoadedModel, prompts: list) -> dict:
     items = prepare_prompts(lm.tokenizer, tokenize_prompts(lm.tokenizer, prompts))
     acc, rej = logit_scores(make_backend(lm, "hooks"), items, batch_size=8)
-    return gap_summary(acc - rej, prompts, pair_indices(prompts), n_boot=1000)
+    return gap_summary(acc - rej, prompts, pair_indices(prompts), n_boot=1000, min_gap=MIN_GAP)
 
 
 def test_planted_gap_is_found_and_the_sham_shows_none(embedded_lm: LoadedModel) -> None:
-    lm = wrap_model(copy.deepcopy(embedded_lm.model), embedded_lm.tokenizer, name="embedded copy")
+    lm = load_model(ModelConfig(name="smollm2-135m-instruct", dtype="float32", device="cpu"))
     cfg = PlantRunConfig.model_validate(
         {
             "scenario": {

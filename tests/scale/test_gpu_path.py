@@ -23,7 +23,8 @@ needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _cfg(batch_size: int = 6, **scenario) -> CacheRunConfig:
     sc = SMALL.model_copy(update=scenario)
-    return CacheRunConfig(scenario=sc, cache=CacheConfig(batch_size=batch_size))
+    # no shared system-prompt prefix: every forward is a batch of whole prompts, which the back-off counts
+    return CacheRunConfig(scenario=sc, cache=CacheConfig(batch_size=batch_size, share_prefix=False))
 
 
 def _arrays(path: Path) -> dict[str, np.ndarray]:
@@ -36,6 +37,9 @@ class _OOMAbove:
 
     def __init__(self, backend, max_rows: int):
         self.backend, self.max_rows, self.rows_seen = backend, max_rows, []
+
+    def __getattr__(self, name: str):  # everything but run is the wrapped backend's
+        return getattr(self.backend, name)
 
     def run(self, ids, *args, **kwargs):
         self.rows_seen.append(len(ids))

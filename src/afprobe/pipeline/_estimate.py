@@ -111,7 +111,7 @@ class Estimate:
         approx = "" if self.tokens_exact else f" (tokens estimated at {CHARS_PER_TOKEN} characters each)"
         rows.append(
             f"model {m.name}: {m.n_layers} layers, d_model {m.d_model}, ~{m.n_params / 1e6:.0f}M parameters "
-            f"(shape from {m.source}){approx}; time is a rough figure"
+            f"(shape from {m.source}){approx}; the time column is not calibrated yet (it can be off several-fold)"
         )
         return "\n".join(rows)
 
