@@ -32,7 +32,13 @@ from pydantic import Field, field_validator
 from afprobe._errors import AfprobeError
 from afprobe._progress import progress_bar
 from afprobe.activations._runner import resolve_layers
-from afprobe.activations._store import ActivationWriter, check_output_path, partial_path, to_attr
+from afprobe.activations._store import (
+    META_COLUMNS,
+    ActivationWriter,
+    check_output_path,
+    partial_path,
+    to_attr,
+)
 from afprobe.config import StrictModel
 from afprobe.models import LoadedModel, PrefixStore, continue_mask, make_backend, plan_prefixes, right_pad
 
@@ -206,17 +212,7 @@ def _groups(plan: list[int], ids: torch.Tensor) -> list[tuple[int, int]]:
 
 
 def _meta(rows: Sequence[Any]) -> dict[str, list]:
-    cols = (
-        "pair_id",
-        "request_id",
-        "tier",
-        "cue_format",
-        "system_prompt",
-        "category",
-        "harmful",
-        "request_text",
-    )
-    return {c: [getattr(t, c) for t in rows] for c in cols}
+    return {c: [getattr(t, c) for t in rows] for c in META_COLUMNS}
 
 
 def _extra_columns(writer: ActivationWriter, rows: Sequence[Any], positions: Sequence[str]) -> None:

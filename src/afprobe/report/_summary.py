@@ -46,15 +46,22 @@ def _finite(x: Any) -> float | None:
     return f if math.isfinite(f) else None
 
 
-def _gap_block(block: Mapping[str, Any] | None, unit: str) -> dict[str, Any] | None:
-    if not block:
-        return None
+def _tiers_and_gap(block: Mapping[str, Any]) -> dict[str, Any]:
+    """``free``, ``paid``, ``gap`` and ``gap_ci`` of a stage's gap block, non-finite numbers as None."""
     ci = list(block.get("gap_ci") or [None, None])
     return {
         "free": _finite(block.get("free")),
         "paid": _finite(block.get("paid")),
         "gap": _finite(block.get("gap")),
         "gap_ci": [_finite(ci[0]), _finite(ci[1])],
+    }
+
+
+def _gap_block(block: Mapping[str, Any] | None, unit: str) -> dict[str, Any] | None:
+    if not block:
+        return None
+    return {
+        **_tiers_and_gap(block),
         "status": block.get("status"),
         "n_pairs": block.get("n_pairs"),
         "unit": unit,
@@ -197,14 +204,7 @@ def patching_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
 def _rate_block(block: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if not block:
         return None
-    ci = list(block.get("gap_ci") or [None, None])
-    return {
-        "free": _finite(block.get("free")),
-        "paid": _finite(block.get("paid")),
-        "gap": _finite(block.get("gap")),
-        "gap_ci": [_finite(ci[0]), _finite(ci[1])],
-        "counts": block.get("counts"),
-    }
+    return {**_tiers_and_gap(block), "counts": block.get("counts")}
 
 
 def scratchpad_summary(s: Mapping[str, Any] | None) -> dict[str, Any] | None:
