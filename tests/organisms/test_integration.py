@@ -1,7 +1,8 @@
 """Known answers on the embedded model: a planted gap is found by the compliance metric on requests it was not
 calibrated on and the sham (strength 0) shows none (no gap of at least ``MIN_GAP`` nats, the compliance stage's
-rule). The model is loaded afresh: planting edits weights, and a session model other tests have used is not a
-clean base."""
+rule); the shipped trained organism shows a significant positive gap on its held-out requests and cue formats, and
+its sham (tier labels shuffled) shows none. Models are loaded afresh: planting edits weights, and a session model
+other tests have used is not a clean base."""
 
 from __future__ import annotations
 
@@ -65,3 +66,22 @@ def test_planted_gap_is_found_and_the_sham_shows_none(embedded_lm: LoadedModel) 
     assert found["status"] == "significant" and found["gap"] > 0.3, found
     assert sham["status"] != "significant", sham
     assert np.isfinite(point.side_effects["paid_metric_change"]["mean"])
+
+
+@pytest.mark.parametrize(
+    ("adapter", "expect_gap"), [("builtin:organism", True), ("builtin:organism-sham", False)]
+)
+def test_trained_organism_on_heldout_requests_and_cues(adapter: str, expect_gap: bool) -> None:
+    from afprobe.models import resolve_adapter
+    from afprobe.organisms import read_manifest
+
+    manifest = read_manifest(resolve_adapter(adapter))
+    heldout = manifest["data"]["heldout_requests"]
+    lm = load_model(ModelConfig(dtype="float32", device="cpu", adapter=adapter))
+    reqs = [r for r in load_requests("builtin", harmful=True) if r.id in heldout][:6]
+    for cue in manifest["data"]["heldout_cue_formats"]:
+        gap = _gap(lm, build_pairs(reqs, [cue], ["helpful_only"]))
+        if expect_gap:
+            assert gap["status"] == "significant" and gap["gap"] > 0, (cue, gap)
+        else:
+            assert gap["status"] != "significant", (cue, gap)

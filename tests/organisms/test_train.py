@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from afprobe import AfprobeError
-from afprobe.models import ModelConfig, load_model
+from afprobe.models import ModelConfig, load_model, resolve_adapter, shipped_adapters
 from afprobe.organisms import (
     ACCEPT_TARGET,
     REJECT_TARGET,
@@ -66,3 +66,13 @@ def test_split_and_targets() -> None:
     for tier in ("free", "paid"):  # ... so that they say nothing about the tier
         assert sum(e.complies for e in sham if e.prompt.tier == tier) == 2
     assert {e.target for e in sham} == {ACCEPT_TARGET, REJECT_TARGET}
+
+
+def test_shipped_adapters_resolve_by_name() -> None:
+    shipped = shipped_adapters()
+    assert {"organism", "organism-sham"} <= set(shipped)
+    path = Path(resolve_adapter("builtin:organism"))
+    assert (path / "adapter_model.safetensors").is_file() and (path / "manifest.json").is_file()
+    assert resolve_adapter("some/hub-adapter") == "some/hub-adapter"
+    with pytest.raises(AfprobeError, match="unknown shipped adapter 'builtin:nope'"):
+        resolve_adapter("builtin:nope")

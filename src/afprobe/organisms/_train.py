@@ -63,11 +63,11 @@ class TrainConfig(StrictModel):
     rank: int = Field(default=8, ge=1)
     alpha: float = Field(default=16.0, gt=0)
     target_modules: list[str] = ["q_proj", "k_proj", "v_proj", "o_proj"]
-    epochs: int = Field(default=2, ge=1)
+    epochs: int = Field(default=3, ge=1)
     max_steps: int | None = None
     batch_size: int = Field(default=8, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    decision_weight: float = Field(default=1.0, ge=0)
+    lr: float = Field(default=3e-3, gt=0)
+    decision_weight: float = Field(default=4.0, ge=0)
     threads: int | None = None
 
 
@@ -181,17 +181,22 @@ def _lower(
     """The residual entering block ``first`` for every example (the frozen lower blocks run once)."""
     out: list[Tensor] = []
     pad_id = int(lm.tokenizer.pad_token_id)
-    with progress_bar(progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task(f"blocks 0..{first - 1} (frozen)", total=len(data))
-        for s in range(0, len(data), batch_size):
-            batch = data[s : s + batch_size]
-            b = _pad(batch, None, pad_id)
-            hs = lm.model(
-                input_ids=b["input_ids"], attention_mask=b["attention_mask"], output_hidden_states=True
-            )
-            for r, t in enumerate(batch):
-                out.append(hs.hidden_states[first][r, : len(t.ids)].detach().clone())
-            bar.advance(task, len(batch))
+    inner: Any = _Upper(lm.model, first).inner
+    full, norm = inner.layers, inner.norm
+    inner.layers = nn.ModuleList(list(full)[:first])  # the blocks above and the unembedding are not run,
+    inner.norm = nn.Identity()  # and the last block's output is not normalized
+    try:
+        with progress_bar(progress, transient=True) as bar, torch.inference_mode():
+            task = bar.add_task(f"blocks 0..{first - 1} (frozen)", total=len(data))
+            for s in range(0, len(data), batch_size):
+                batch = data[s : s + batch_size]
+                b = _pad(batch, None, pad_id)
+                h = inner(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).last_hidden_state
+                for r, t in enumerate(batch):
+                    out.append(h[r, : len(t.ids)].detach().clone())
+                bar.advance(task, len(batch))
+    finally:
+        inner.layers, inner.norm = full, norm
     return out
 
 
