@@ -15,8 +15,9 @@ the resident high-water mark above the memory resident before the call (``benchm
   for afprobe's batched probe (solver chosen by shape, named per point) and scikit-learn's loop. scikit-learn fits
   a stratified subset of 7 problems (two of each kind: task, permutation, inner folds; the full fit), extrapolated to
   the 51 by kind (stated; all 56 would take tens of minutes at the large sizes).
-- steering and patching: not measured here yet (the curves of the earlier version ran the experiments' API before
-  the intervention layer was rewritten; ``bench_steering`` / ``bench_patching`` measure them at one size).
+- steering and patching: on the embedded model (8 prompts of one request), a sweep's time vs its number of
+  settings (layers x alphas, several settings per forward pass) and exact and attribution patching's time vs
+  the number of (layer, position) sites (2 pairs).
 
     .venv/bin/python benchmarks/bench_growth.py [--quick]
     .venv/bin/python -m benchmarks --only growth
@@ -314,7 +315,7 @@ def markdown(curves: dict[str, Any], exps: dict[str, float]) -> str:
 
 
 def main(*, quick: bool = False, only: str | None = None) -> dict[str, Any]:
-    parts = (only or "cache,probes").split(",")
+    parts = (only or "cache,probes,causal").split(",")
     curves: dict[str, Any] = {}
     t0 = time.perf_counter()
     with _one_thread(), tempfile.TemporaryDirectory() as tmp:
@@ -332,7 +333,7 @@ def main(*, quick: bool = False, only: str | None = None) -> dict[str, Any]:
         "exponent": exps,
         "curves": curves,
         "seconds": time.perf_counter() - t0,
-        "note": "CPU seconds on 1 thread; scikit-learn extrapolated from 7 of 51 problems; no steering/patching curves",
+        "note": "CPU seconds on 1 thread; scikit-learn extrapolated from 7 of 51 problems",
         "markdown": markdown(curves, exps),
     }
 

@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 import torch
 
-from afprobe.organisms import Mechanism, localize
+from afprobe.organisms import Mechanism, ValidateRunConfig, localize, validate
 from afprobe.report import known_markdown, known_section, read_known
 
 
@@ -88,3 +89,32 @@ def test_known_answers_render(tmp_path: Path) -> None:
     (tmp_path / "validation.json").write_text(json.dumps(_result(True)))
     html = known_section(read_known(tmp_path))
     assert "<h2>Known answers</h2>" in html and "FAIL" not in html and "PASS" in html
+
+
+@pytest.mark.integration
+def test_validate_recovers_the_planted_mechanism() -> None:
+    """Every recovery target on the embedded model (loaded afresh: a session model other tests have used is not a
+    clean base for planting), at small sizes; the sham point of the power curve is not called a gap."""
+    cfg = ValidateRunConfig.model_validate(
+        {
+            "scenario": {
+                "harmful": True,
+                "limit": 5,
+                "system_prompts": ["helpful_only"],
+                "cue_formats": ["tag"],
+            },
+            "validate": {
+                "gap": 2.0,
+                "patch_layers": [0, 14, 15, 16, 30],
+                "power_gaps": [0.0, 0.2],
+                "power_limit": 5,
+                "n_bootstrap": 200,
+            },
+        }
+    )
+    res = validate(cfg)
+    failed = [t for t in res["targets"] if not t["pass"]]
+    assert not failed, failed
+    assert res["planted"]["block"] == 15
+    sham, planted = res["power_curve"]
+    assert not sham["detected"] and planted["detected"]

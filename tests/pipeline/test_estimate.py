@@ -41,6 +41,21 @@ def test_cache_bytes_within_a_quarter_of_the_file_written(tmp_path: Path, n_laye
     assert abs(cache.disk_bytes - written) / written <= 0.25, (cache.disk_bytes, written)
 
 
+def test_dry_run_beside_a_finished_run(tmp_path: Path, capsys) -> None:
+    """With --out a finished run, the dry run prints what each of its stages took beside the estimate."""
+    model = _model(tmp_path, 2, 32)
+    sets = [x for s in [*SETS, f"model.name={model}"] for x in ("--set", s)]
+    assert main(["run", "--dry-run", "--out", str(tmp_path / "run"), *sets, "-q"]) == 0
+    assert "measured" not in capsys.readouterr().out  # nothing has run there yet
+    run_pipeline(load_run_config("default", [*SETS, f"model.name={model}"]), tmp_path / "run", progress=False)
+    assert main(["run", "--dry-run", "--out", str(tmp_path / "run"), *sets, "-q"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "measured" in lines[0]
+    estimated, took = next(line for line in lines if line.startswith("cache ")).split()[-2:]
+    assert estimated.endswith("s") and took.endswith("s") and float(took[:-1]) >= 0
+    assert next(line for line in lines if line.startswith("total ")).split()[-1].endswith("s")
+
+
 def test_shapes_without_weights() -> None:
     big = model_shape("llama-3.1-70b-instruct")
     assert (big.n_layers, big.d_model) == (80, 8192) and 6.5e10 < big.n_params < 7.5e10

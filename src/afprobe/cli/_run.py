@@ -9,7 +9,15 @@ import typer
 
 from afprobe import AfprobeError
 from afprobe.cli._app import Flags, app, shared_flags
-from afprobe.pipeline import check_fits, estimate_run, load_run_config, run_pipeline, shipped_configs
+from afprobe.pipeline import (
+    STAGE_NAMES,
+    check_fits,
+    estimate_run,
+    load_run_config,
+    run_pipeline,
+    shipped_configs,
+    stamped_seconds,
+)
 
 ConfigArg = Annotated[
     str | None,
@@ -33,8 +41,9 @@ def run(
         bool,
         typer.Option(
             "--dry-run",
-            help="Print each stage's tokens, forward passes, disk and memory (no weights loaded) and stop; "
-            "refuses a run that cannot fit on the disk of --out.",
+            help="Print each stage's tokens, forward passes, disk, memory and time (no weights loaded) and stop; "
+            "refuses a run that cannot fit on the disk of --out. When --out holds a run, what its stages took "
+            "is printed beside the estimate.",
         ),
     ] = False,
 ) -> None:
@@ -49,7 +58,7 @@ def run(
     cfg = load_run_config(spec, [*flags.overrides(), *(flags.set_ or [])])
     if dry_run:
         est = estimate_run(cfg)
-        typer.echo(est.table())
+        typer.echo(est.table(stamped_seconds(out, STAGE_NAMES)))
         check_fits(est, out)
         typer.echo(f"fits: {out} has room for the run's outputs")
         return

@@ -379,6 +379,7 @@ def power_curve(
                 "status": g["status"],
                 "detected": bool(g["status"] == "significant" and g["gap"] > 0),
                 "n_pairs": g["n_pairs"],
+                "min_gap": cc.min_gap,
             }
         )
     return rows

@@ -22,6 +22,7 @@ from afprobe.pipeline._runner import (
     run_results,
 )
 from afprobe.pipeline._stages import ACTIVATIONS, STAGES, Stage, stage_results
+from afprobe.pipeline._stamps import stamped_seconds
 from afprobe.pipeline._state import RunState
 
 __all__ = [
@@ -49,4 +50,5 @@ __all__ = [
     "run_results",
     "shipped_configs",
     "stage_results",
+    "stamped_seconds",
 ]

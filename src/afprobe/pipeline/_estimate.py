@@ -11,8 +11,14 @@ and per-prompt text (exactly as the writer stores them); the probes' outputs hol
 layer and position; the causal stages' forward passes follow their settings (steering: settings x both tiers x
 pairs; patching: layers x sites x pairs plus the clean and corrupted runs). Memory is the weights plus the
 largest batch's activations (cache, causal stages) or one layer's activations and the solver's work (probes).
-Time is forward FLOPs (``2 x parameters x tokens``) over a rate measured on the spot (a float32 matrix product
-on this machine) at :data:`EFFICIENCY` of it, plus a fixed cost per batch: a rough figure, stated as such.
+Time follows what each stage computes: every system prompt once and then each prompt's own tokens (the shared
+prefix), both teacher-forced continuations, one-token decoding steps, steering and patching settings that run
+the blocks below their edited layer once per pass; FLOPs through the blocks (attention over the context
+included) and the unembedding, over a matrix-product rate measured on the spot at :data:`EFFICIENCY` of it, plus
+:data:`CALL_S_PER_BLOCK` per block per forward call; probes: a fixed cost and ~100 solver iterations per fit.
+The constants were set from the organism and default runs on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run
+estimate", has the comparison per stage); on another machine or a GPU the rate is measured there, the constants
+are not refitted.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,9 +37,12 @@ from afprobe._errors import AfprobeError
 from afprobe.pipeline._config import RunConfig
 
 CHARS_PER_TOKEN = 3.6  # English chat text under BPE vocabularies of 32k-150k tokens
-EFFICIENCY = 0.35  # share of the measured matmul rate a transformer forward reaches on a CPU
-BATCH_OVERHEAD_S = 0.02  # Python and kernel launch cost per forward batch
+EFFICIENCY = 0.7  # share of the measured matmul rate a transformer forward reaches on a CPU
+PROBE_S_PER_FIT = 0.0007  # fixed cost of one probe fit (a batched solver's share of Python and launches)
+PROBE_FLOPS_PER_VALUE = 400.0  # FLOPs of one fit per activation value (n x d): ~100 solver iterations
+CALL_S_PER_BLOCK = 0.001  # Python and kernel launch cost of one block in one forward call
 CHAT_OVERHEAD_TOKENS = 24  # chat template tokens around the system and user messages
+CHAT_SYSTEM_TOKENS = 8  # of which around the system message
 # (n_layers, d_model, mlp width, vocab, kv_heads, heads) of models whose config.json may not be on this machine
 KNOWN_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
     "smollm2-135m-instruct": (30, 576, 1536, 49152, 3, 9),
@@ -61,10 +70,13 @@ class ModelShape:
     source: str
 
     @property
-    def n_params(self) -> int:
+    def block_params(self) -> int:
         kv = self.d_model * self.d_model * self.kv_heads // max(1, self.heads)
-        block = 2 * self.d_model * self.d_model + 2 * kv + 3 * self.d_model * self.mlp
-        return self.n_layers * block + self.vocab * self.d_model
+        return 2 * self.d_model * self.d_model + 2 * kv + 3 * self.d_model * self.mlp
+
+    @property
+    def n_params(self) -> int:
+        return self.n_layers * self.block_params + self.vocab * self.d_model
 
 
 @dataclass
@@ -96,22 +108,29 @@ class Estimate:
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "disk_bytes": self.disk_bytes, "seconds": self.seconds}
 
-    def table(self) -> str:
+    def table(self, measured: Mapping[str, float] | None = None) -> str:
+        """The estimate as a table; ``measured`` (stage -> seconds, from a finished run's stamps) adds a column of
+        what that run took beside the estimate."""
+        took = dict(measured or {})
+        extra = f" {'measured':>9s}" if took else ""
         head = f"{'stage':12s} {'prompts':>8s} {'tokens':>11s} {'forwards':>9s} {'disk':>10s} {'memory':>10s} {'time':>9s}"
-        rows = [head]
+        rows = [head + extra]
         for s in self.stages:
+            seen = (f" {took[s.stage]:8.0f}s" if s.stage in took else f" {'-':>9s}") if took else ""
             rows.append(
                 f"{s.stage:12s} {s.prompts:8d} {s.tokens:11d} {s.forward_passes:9d} {_size(s.disk_bytes):>10s} "
-                f"{_size(s.memory_bytes):>10s} {s.seconds:8.0f}s" + (f"  {s.note}" if s.note else "")
+                f"{_size(s.memory_bytes):>10s} {s.seconds:8.0f}s{seen}" + (f"  {s.note}" if s.note else "")
             )
+        total = f" {sum(took.get(s.stage, 0.0) for s in self.stages):8.0f}s" if took else ""
         rows.append(
             f"{'total':12s} {'':8s} {'':11s} {'':9s} {_size(self.disk_bytes):>10s} {'':10s} {self.seconds:8.0f}s"
+            + total
         )
         m = self.model
         approx = "" if self.tokens_exact else f" (tokens estimated at {CHARS_PER_TOKEN} characters each)"
         rows.append(
             f"model {m.name}: {m.n_layers} layers, d_model {m.d_model}, ~{m.n_params / 1e6:.0f}M parameters "
-            f"(shape from {m.source}){approx}; the time column is not calibrated yet (it can be off several-fold)"
+            f"(shape from {m.source}){approx}; time: a FLOP model set on 2 CPU cores (per stage within about ±50%, see benchmarks/RESULTS.md)"
         )
         return "\n".join(rows)
 
@@ -167,12 +186,22 @@ def _from_config(name: str, c: Any, source: str) -> ModelShape:
 
 
 def _token_counter(name: str, lm: Any) -> tuple[Callable[[str], int], bool]:
+    """Tokens of a text: with the model's tokenizer when it is on this machine (a loaded model, a local
+    directory, an embedded model already extracted), else from characters."""
+    from afprobe.models import MODEL_ALIASES, embedded_gguf_path
+
     tok = getattr(lm, "tokenizer", None)
-    if tok is None and (Path(name) / "tokenizer.json").is_file():
+    where: dict[str, Any] | None = None
+    if (Path(name) / "tokenizer.json").is_file():
+        where = {"pretrained_model_name_or_path": name}
+    elif name in MODEL_ALIASES and MODEL_ALIASES[name].gguf_member and embedded_gguf_path(name).is_file():
+        gguf = embedded_gguf_path(name)
+        where = {"pretrained_model_name_or_path": str(gguf.parent), "gguf_file": gguf.name}
+    if tok is None and where is not None:
         try:
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(name, local_files_only=True)
+            tok = AutoTokenizer.from_pretrained(**where, local_files_only=True)
         except Exception:  # fall back to characters
             tok = None
     if tok is not None:
@@ -195,34 +224,78 @@ def matmul_rate(seconds: float = 0.3, size: int = 1024) -> float:
     return 2 * size**3 / max(best, 1e-9)
 
 
+@dataclass
+class _Work:
+    """What a stage computes, for its time: FLOPs through the blocks and the unembedding, and forward calls (each
+    costs :data:`CALL_S_PER_BLOCK` per block on top of its FLOPs: kernel launches and Python, which dominate
+    one-token decoding steps on a CPU)."""
+
+    shape: ModelShape
+    flops: float = 0.0
+    calls: float = 0.0
+
+    def blocks(
+        self, tokens: float, ctx: float = 0.0, calls: float = 0.0, n_blocks: float | None = None
+    ) -> None:
+        """``tokens`` through ``n_blocks`` blocks (all by default), each token attending to ``ctx`` tokens on
+        average, in ``calls`` calls."""
+        m = self.shape
+        depth = m.n_layers if n_blocks is None else n_blocks
+        self.flops += tokens * depth * (2.0 * m.block_params + 4.0 * m.d_model * ctx)
+        self.calls += calls
+
+    def logits(self, positions: float) -> None:
+        self.flops += positions * 2.0 * self.shape.vocab * self.shape.d_model
+
+    def seconds(self, rate: float) -> float:
+        return self.flops / rate + CALL_S_PER_BLOCK * self.calls * self.shape.n_layers
+
+
 def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -> Estimate:
     """Per-stage cost of ``cfg`` (see the module docstring)."""
-    from afprobe.scenarios import build_scenario
+    from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, build_scenario
 
     shape = model_shape(cfg.model.name, lm)
     count, exact = _token_counter(cfg.model.name, lm)
     flops = (rate if rate is not None else matmul_rate()) * EFFICIENCY
     est = Estimate(shape, exact)
     prompts = build_scenario(cfg.scenario)
-    lengths = np.array([count(p.system_text) + count(p.user_text) + CHAT_OVERHEAD_TOKENS for p in prompts])
+    sys_len = {p.system_text: count(p.system_text) + CHAT_SYSTEM_TOKENS for p in prompts}
+    user = np.array([count(p.user_text) + CHAT_OVERHEAD_TOKENS - CHAT_SYSTEM_TOKENS for p in prompts])
+    lengths = np.array([sys_len[p.system_text] for p in prompts]) + user
     n, max_len = len(prompts), int(lengths.max()) if len(prompts) else 0
+    n_sys, sys_mean = len(sys_len), float(np.mean(list(sys_len.values()))) if sys_len else 0.0
+    k = count(ACCEPT_TAG) + count(REJECT_TAG)  # both continuations' tokens, teacher-forced
     n_cached = shape.n_layers + 1 if cfg.cache.layers == "all" else len(cfg.cache.layers)
     n_pos = len(cfg.cache.positions)
     item = DTYPE_BYTES[cfg.cache.dtype]
     weights = shape.n_params * DTYPE_BYTES.get(cfg.model.dtype, 4)
     text = sum(len(p.request.text.encode()) + 64 for p in prompts)
 
-    trunk = shape.n_params - shape.vocab * shape.d_model  # the cache never runs the unembedding
-
-    def secs(tokens: int, batches: int, logits: bool = True) -> float:
-        params = shape.n_params if logits else trunk
-        return 2.0 * params * tokens / flops + BATCH_OVERHEAD_S * batches
+    def scored(
+        w: _Work, rows: float, tail: float, edits: Sequence[int | None], batch: int, per_pass: int = 1
+    ) -> None:
+        """One teacher-forced scoring of ``rows`` prompts (``tail`` tokens each after what is shared, then both
+        continuations) per setting, a setting's edit starting at the layer in ``edits`` (None: unedited),
+        ``batch`` prompts and ``per_pass`` settings to a forward pass (two calls). In a pass, the blocks below
+        the edited layer run once for all its settings."""
+        ctx = sys_mean + tail / 2
+        tokens = rows * (tail + k)
+        for layer in sorted(set(edits), key=lambda x: -1 if x is None else x):
+            n = sum(e == layer for e in edits)
+            below = 0 if layer is None else min(layer, shape.n_layers)
+            passes = -(-n // per_pass)
+            w.blocks(n * tokens, ctx, 2 * passes * -(-rows // batch), shape.n_layers - below)
+            w.blocks(passes * tokens, ctx, 0, below)
+            w.logits(n * rows * (k + 1))
 
     stages = set(cfg.stages) | {"scenarios", "cache"}
     est.stages.append(StageCost("scenarios", n, int(lengths.sum()), disk_bytes=text))
     bs = cfg.cache.batch_size
-    batches = -(-n // bs)
     resid = n * n_cached * n_pos * shape.d_model * item
+    w = _Work(shape)
+    w.blocks(n_sys * sys_mean, sys_mean / 2, n_sys)  # each system prompt once, then what follows it
+    w.blocks(float(user.sum()), sys_mean + float(user.mean()) / 2, -(-n // bs))
     est.stages.append(
         StageCost(
             "cache",
@@ -231,7 +304,7 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
             n,
             resid + n * max_len * 8 + n * (8 + 8 * n_pos) + text + n * 8 * 16 + 20 * 1024,
             weights + bs * max_len * shape.d_model * 4 * 6 + bs * n_cached * n_pos * shape.d_model * 4,
-            secs(int(batches * bs * max_len), batches, logits=False),
+            w.seconds(flops),
         )
     )
     if "probes" in stages:
@@ -239,73 +312,108 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
         layers = len(p.layers) if p.layers else n_cached
         positions = len(p.positions) if p.positions else n_pos
         x = n * positions * shape.d_model * 4
+        # every probe, layer and position is fitted on the full data, its folds (nested: outer x inner) and each
+        # permutation draw
+        fits = len(p.probes) * layers * positions * (1 + p.folds * (p.folds + 1) + p.permutations)
         est.stages.append(
             StageCost(
                 "probes",
                 n,
                 disk_bytes=len(p.probes) * layers * positions * shape.d_model * 8 + 256 * 1024,
                 memory_bytes=3 * x + 2 * min(n, shape.d_model) ** 2 * 8 * (p.folds + 1),
+                seconds=fits * (PROBE_S_PER_FIT + PROBE_FLOPS_PER_VALUE * n * shape.d_model / flops),
                 note=f"{layers} layers x {positions} positions read one layer at a time",
             )
         )
     causal = build_scenario(cfg.resolved_causal_scenario)
     pairs = len(causal) // 2
-    c_len = max((count(q.system_text) + count(q.user_text) + CHAT_OVERHEAD_TOKENS for q in causal), default=0)
+    c_user = float(np.mean([count(q.user_text) for q in causal])) + CHAT_OVERHEAD_TOKENS if causal else 0.0
+    c_len = int(sys_mean + c_user)
     if "compliance" in stages:
         c = cfg.compliance
-        new = c.max_new_tokens if c.generate else 1
-        tokens = int(lengths.sum()) + n * new
+        new = c.max_new_tokens if c.generate else 0
         batches = -(-n // c.batch_size)
+        w = _Work(shape)
+        w.blocks(n_sys * sys_mean, sys_mean / 2, n_sys)
+        scored(w, n, float(user.mean()), [None], c.batch_size)
+        if new:  # prefill, then one token per row per step
+            w.blocks(float(user.sum()), sys_mean, batches)
+            w.blocks(n * new, sys_mean + float(user.mean()) + new / 2, batches * new)
+            w.logits(n * new)
         est.stages.append(
             StageCost(
                 "compliance",
                 n,
-                tokens,
-                n * (1 + (new if c.generate else 0)),
+                int(lengths.sum()) + n * (new + k),
+                n * (1 + new),
                 n * (new * 8 + 512),
                 weights + c.batch_size * (max_len + new) * shape.d_model * 4 * 6,
-                secs(tokens, batches * (1 + new)),
+                w.seconds(flops),
             )
         )
     if "steering" in stages:
         s = cfg.steering
-        n_layers = s.n_auto_layers if s.layers == "auto" else len(s.layers)
-        settings = (
-            n_layers * len(s.alphas) * 2 + n_layers * s.n_random * 2 + (n_layers if s.ablate else 0) + 1
+        steered = (
+            _auto_layers(shape.n_layers, s.n_auto_layers) if s.layers == "auto" else sorted(set(s.layers))
         )
-        rows = settings * 2 * pairs
+        heads = any(a > 0 for a in s.alphas) + any(a < 0 for a in s.alphas)  # the random bands' alphas
+        per_layer = len(s.alphas) + heads * 2 * s.n_random + ((1 + 2 * s.n_random) if s.ablate else 0)
+        edits = [None, *[layer for layer in steered for _ in range(per_layer)]]
+        settings = len(edits)
+        w = _Work(shape)
+        w.blocks(2 * pairs * c_len, c_len / 2, 3 * -(-2 * pairs // s.batch_size))  # the reads: 3 passes
+        scored(w, 2 * pairs, c_user, [None], s.batch_size)  # the unsteered metric
+        scored(w, 2 * pairs, c_user, edits, s.batch_size, max(1, s.max_rows // (2 * s.batch_size)))
         est.stages.append(
             StageCost(
                 "steering",
                 2 * pairs,
-                rows * c_len,
-                rows,
+                int(2 * pairs * settings * (c_user + k)),
+                settings * 2 * pairs,
                 settings * 2 * pairs * 64,
                 weights + s.batch_size * c_len * shape.d_model * 4 * 6,
-                secs(rows * c_len, -(-rows // s.batch_size)),
-                note=f"~{settings} settings x {2 * pairs} prompts",
+                w.seconds(flops),
+                note=f"{settings} settings x {2 * pairs} prompts",
             )
         )
     if "patching" in stages:
         pc = cfg.patching
-        n_layers = shape.n_layers + 1 if pc.layers == "all" else len(pc.layers)
-        sites = n_layers * (n_pos + 1)
-        rows = (sites + 2) * pairs * (2 if pc.noising else 1) + (3 * pairs if pc.attribution else 0)
+        patched = list(range(shape.n_layers + 1)) if pc.layers == "all" else sorted(set(pc.layers))
+        per_layer = (len(pc.positions) + pc.response) * (2 if pc.subspace else 1) + 2 * pc.window + 1
+        per_layer += 2 if pc.subspace else 1  # the span, and its subspace
+        patches: list[int | None] = [
+            la for la in patched for _ in range(per_layer * (2 if pc.noising else 1))
+        ]
+        settings = len(patches)
+        w = _Work(shape)
+        # the clean metric and the stored values, then the patches
+        w.blocks(2 * pairs * c_len, c_len / 2, 2 * -(-2 * pairs // pc.batch_size))
+        scored(w, 2 * pairs, c_user, [None], pc.batch_size)
+        scored(w, pairs, c_user, patches, pc.batch_size, max(1, pc.max_rows // (2 * pc.batch_size)))
+        if pc.attribution:  # a forward and a backward pass (~2 forwards) of both tiers, both directions
+            scored(w, 2 * pairs, c_len, [None] * 6, pc.batch_size)
         est.stages.append(
             StageCost(
                 "patching",
                 2 * pairs,
-                rows * c_len,
-                rows,
-                rows * 64,
-                weights + pc.batch_size * c_len * shape.d_model * 4 * (6 + n_layers),
-                secs(rows * c_len, -(-rows // pc.batch_size)),
-                note=f"{sites} sites x {pairs} pairs",
+                int(settings * pairs * (c_user + k)),
+                settings * pairs,
+                settings * pairs * 64,
+                weights + pc.batch_size * c_len * shape.d_model * 4 * (6 + len(patched)),
+                w.seconds(flops),
+                note=f"{settings} settings x {pairs} pairs",
             )
         )
     if "report" in stages:
         est.stages.append(StageCost("report", disk_bytes=2_000_000, memory_bytes=300_000_000, seconds=10.0))
     return est
+
+
+def _auto_layers(n_layers: int, n_auto: int) -> list[int]:
+    """The layers ``steering.layers: auto`` picks when every layer past the embedding has a direction (the
+    probes' best layer may replace the nearest of them; that moves the cost little)."""
+    pool = list(range(1, n_layers + 1))
+    return sorted({pool[round(float(i))] for i in np.linspace(0, len(pool) - 1, min(n_auto, len(pool)))})
 
 
 def free_bytes(path: Path) -> int:

@@ -61,3 +61,9 @@ def read_stamp(stage_dir: Path) -> dict[str, Any] | None:
 
 def write_stamp(stage_dir: Path, record: Mapping[str, Any]) -> None:
     atomic_write_text(stage_dir / STAMP, json.dumps(dict(record), indent=2, sort_keys=True) + "\n")
+
+
+def stamped_seconds(run_dir: Path, stages: Sequence[str]) -> dict[str, float]:
+    """Stage -> seconds it took, for every stage of ``stages`` with a stamp in ``run_dir``."""
+    stamps = {name: read_stamp(Path(run_dir) / name) for name in stages}
+    return {name: float(st.get("seconds", 0.0)) for name, st in stamps.items() if st is not None}

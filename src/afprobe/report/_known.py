@@ -73,11 +73,25 @@ def _planted_line(v: Mapping[str, Any]) -> str:
 
 def _power_line(v: Mapping[str, Any]) -> str:
     s = v.get("smallest_detected_gap")
-    n = next((r["n_pairs"] for r in v.get("power_curve", [])), None)
+    curve = v.get("power_curve") or []
+    n = next((r["n_pairs"] for r in curve), None)
+    base = next((r for r in curve if r["requested_gap"] == 0), None)
+    floor = next((r.get("min_gap") for r in curve if r.get("min_gap") is not None), None)
+    context = ""
+    if base is not None and base.get("detected"):
+        context = " The unplanted model is already called a gap at these sizes: the curve measures no power."
+    elif base is not None and base.get("measured_gap") is not None and floor is not None:
+        # the verdict sees the base model's own gap plus the planted one: say how close the base already is
+        context = (
+            f" The unplanted model measures {base['measured_gap']:+.3f} nats here, {floor - base['measured_gap']:.3f} "
+            f"below min_gap ({floor:.3f}): a planted gap is called once the two together reach min_gap, so on a "
+            "model without a gap of its own the smallest detected gap is about min_gap."
+        )
     if s is None:
-        return f"No planted gap of the sweep was detected at the default run's sizes ({n} pairs)."
+        return f"No planted gap of the sweep was detected at the default run's sizes ({n} pairs).{context}"
     return (
         f"Smallest planted gap detected at the default run's sizes ({n} pairs, logit metric): {s:.3f} nats."
+        + context
     )
 
 
