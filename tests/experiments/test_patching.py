@@ -194,6 +194,23 @@ def test_the_peak_is_searched_at_every_site_but_the_cue_embedding() -> None:
     peak = patching_peak(result, [0, 6, 12], ["cue", "last", RESPONSE])
     assert (peak["peak_layer"], peak["peak_position"], peak["peak_effect"]) == (6, "cue", 0.97)
     assert peak["peak_unit"].startswith("fraction")
+    assert [(r["layer"], r["site"]) for r in peak["carried"]] == [(0, "last"), (6, "cue"), (12, "last")]
+    assert (peak["whole_layer"], peak["whole_position"]) == (6, "cue")
     result["normalization"] = "undefined"
     result["denoise"]["raw"] = result["denoise"]["normalized"]
-    assert patching_peak(result, [0, 6, 12], ["cue", "last", RESPONSE])["peak_unit"] == "nats (no gap)"
+    raw = patching_peak(result, [0, 6, 12], ["cue", "last", RESPONSE])
+    assert raw["peak_unit"] == "nats (no gap)" and raw["whole_layer"] is None  # no fraction without a gap
+
+
+def test_the_first_layer_that_carries_the_whole_effect_is_not_the_last_layers_response() -> None:
+    """At the last layer the response tokens carry the output by construction (1.0); the mechanism is where one
+    site first carries >= 0.9: the cue at layer 6 here, then last from layer 12."""
+    grid = [[0.0, 0.1, 0.0], [0.95, 0.2, 0.1], [0.1, 0.92, 0.3], [0.0, 0.99, 1.0]]
+    peak = patching_peak(
+        {"normalization": "defined", "denoise": {"normalized": grid}},
+        [0, 6, 12, 30],
+        ["cue", "last", RESPONSE],
+    )
+    assert (peak["peak_layer"], peak["peak_position"]) == (30, RESPONSE)
+    assert (peak["whole_layer"], peak["whole_position"]) == (6, "cue")
+    assert [r["site"] for r in peak["carried"]] == ["last", "cue", "last", RESPONSE]

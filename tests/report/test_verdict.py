@@ -103,6 +103,16 @@ def test_positive_gap_with_steering_beyond_random() -> None:
     assert "reproduced 60% of the gap" in text
     assert "no more than random" not in text
     assert "probe direction alone carries most of that effect (60%)" in text
+    assert "first carries" not in text  # no site reaches 0.9 before the peak: nothing more to say
+
+
+def test_patching_names_where_one_site_first_carries_the_effect() -> None:
+    s = _summary(_gap(1.2, 0.8, 1.6))
+    s["patching"] |= {"peak_layer": 30, "peak_position": "response", "peak_effect": 1.0}
+    s["patching"] |= {"whole_layer": 15, "whole_position": "last"}
+    text = verdict(s)
+    assert "peaks at layer 30, 'response'" in text
+    assert "one site alone first carries at least 90% of it at layer 15, 'last'" in text
 
 
 def test_positive_gap_but_steering_inside_the_random_band() -> None:

@@ -13,6 +13,7 @@ from afprobe.experiments._directions import Directions
 from afprobe.experiments._patching import RESPONSE, SPAN, PatchGrid
 
 TOP_SITES = 5  # the largest exact effects at which attribution's magnitude error is reported
+WHOLE = 0.9  # a site carries the whole effect when patching it alone recovers this much of the free run
 
 
 def patching_peak(result: dict[str, Any], layers: list[int], sites: list[str]) -> dict[str, Any]:
@@ -37,6 +38,30 @@ def patching_peak(result: dict[str, Any], layers: list[int], sites: list[str]) -
         "peak_position": best[2],
         "peak_effect": float(best[0]),
         "peak_unit": "fraction of the free run (0 = paid, 1 = free)" if use_norm else "nats (no gap)",
+        **carried(m, layers, sites, use_norm),
+    }
+
+
+def carried(m: Any, layers: list[int], sites: list[str], normalized: bool) -> dict[str, Any]:
+    """Where the effect is carried, layer by layer: the site with the largest denoising effect at each patched
+    layer (the cue at layer 0 aside), and the first layer at which one site alone carries at least
+    :data:`WHOLE` of it (normalized effects only). The overall peak alone misleads: at the last layer the
+    response tokens carry the whole output by construction."""
+    path: list[dict[str, Any]] = []
+    for li, layer in enumerate(layers):
+        row = [
+            (float(v), -qi, site)  # ties: the earlier site
+            for qi, (v, site) in enumerate(zip(m[li], sites, strict=True))
+            if v is not None and np.isfinite(v) and not (layer == 0 and site == "cue")
+        ]
+        if row:
+            v, _, site = max(row)
+            path.append({"layer": layer, "site": site, "effect": v})
+    whole = next((r for r in path if normalized and float(r["effect"]) >= WHOLE), None)
+    return {
+        "carried": path,
+        "whole_layer": whole["layer"] if whole else None,
+        "whole_position": whole["site"] if whole else None,
     }
 
 
@@ -165,6 +190,14 @@ def patching_note(result: dict[str, Any]) -> str:
             f"Denoising peaks at layer {result['peak_layer']}, site {result['peak_position']} "
             f"({result['peak_effect']:.2f} of the way from the paid run to the free run)."
         )
+        if result.get("whole_layer") is not None:
+            parts.append(
+                f"One site alone first carries >= {WHOLE} of it at layer {result['whole_layer']} "
+                f"({result['whole_position']})."
+            )
+        path = ", ".join(f"{r['layer']} {r['site']} {r['effect']:.2f}" for r in result.get("carried") or [])
+        if path:
+            parts.append(f"Strongest site per layer: {path}.")
     if result.get("subspace_fraction") is not None:
         parts.append(
             f"Patching only the direction's component at layer {result['subspace_layer']} "

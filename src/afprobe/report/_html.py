@@ -274,6 +274,10 @@ def _patching_section(summary: Mapping[str, Any]) -> str:
     rows = [
         ["peak layer · position", f"{_fmt(pt.get('peak_layer'))} · {escape(str(pt.get('peak_position')))}"],
         [f"peak effect ({escape(str(pt.get('peak_unit') or 'unit unknown'))})", _fmt(pt.get("peak_effect"))],
+        [
+            "first layer · position one site carries >= 0.9",
+            f"{_fmt(pt.get('whole_layer'))} · {escape(str(pt.get('whole_position')))}",
+        ],
         ["probe subspace / full patch", _fmt(pt.get("subspace_fraction"))],
     ]
     html = "<h2>Activation patching</h2>" + _table(None, rows)

@@ -5,7 +5,7 @@ Keys (DESIGN.md): ``model``, ``n_pairs``, ``compliance`` {``logit``, ``generated
 ``gap``, ``gap_ci``}}, ``probes`` {``best_layer``, ``best_position``, ``best_auroc``, ``best_accuracy``,
 ``per_layer``, ``shuffled_accuracy``, ``selectivity``, ``cross_format``, plus how the headline was chosen,
 ``selection``, and its permutation ``p_value``}, ``steering`` {``best_layer``,
-``fraction_of_gap``, ``random_baseline``}, ``patching`` {``peak_layer``, ``peak_position``, ``subspace_fraction``},
+``fraction_of_gap``, ``random_baseline``}, ``patching`` {``peak_layer``, ``peak_position``, ``whole_layer``, ``carried``, ``subspace_fraction``},
 ``scratchpad`` (when that stage ran: ``compliance`` and ``alignment_faking`` {``free``, ``paid``, ``gap``,
 ``gap_ci``} as fractions of sampled transcripts, ``n_transcripts``, ``samples_per_prompt``, ``finished``, ``judge``),
 ``verdict`` (text), ``caveats`` (list of text) and ``timings`` (seconds per stage). A stage that was not run gives
@@ -194,6 +194,9 @@ def patching_summary(p: Mapping[str, Any] | None) -> dict[str, Any] | None:
         "peak_position": p.get("peak_position"),
         "peak_effect": p.get("peak_effect"),
         "peak_unit": p.get("peak_unit"),
+        "whole_layer": p.get("whole_layer"),
+        "whole_position": p.get("whole_position"),
+        "carried": p.get("carried"),
         "subspace_fraction": p.get("subspace_fraction"),
         "gap_usable": p.get("gap_usable"),
         "natural_gap": p.get("natural_gap"),

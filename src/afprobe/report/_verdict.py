@@ -266,6 +266,13 @@ def _patching(s: Mapping[str, Any]) -> str | None:
         f", recovering {_pct(eff)} of the free − paid difference{_reference(pt)}" if eff is not None else ""
     )
     text = f"patching the free run into the paid run peaks at layer {pt['peak_layer']}, '{pt.get('peak_position')}'{eff_txt}"
+    if pt.get("whole_layer") is not None and (
+        pt["whole_layer"] != pt["peak_layer"] or pt.get("whole_position") != pt.get("peak_position")
+    ):
+        text += (
+            f"; one site alone first carries at least 90% of it at layer {pt['whole_layer']}, "
+            f"'{pt.get('whole_position')}'"
+        )
     sub = pt.get("subspace_fraction")
     if sub is not None:
         carries = (
