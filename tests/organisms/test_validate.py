@@ -92,6 +92,7 @@ def test_known_answers_render(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
+@pytest.mark.timeout(1800)  # about 9 minutes on 2 cores: plant, patch, steer, power
 def test_validate_recovers_the_planted_mechanism() -> None:
     """Every recovery target on the embedded model (loaded afresh: a session model other tests have used is not a
     clean base for planting), at small sizes; the sham point of the power curve is not called a gap."""
@@ -101,11 +102,11 @@ def test_validate_recovers_the_planted_mechanism() -> None:
                 "harmful": True,
                 "limit": 5,
                 "system_prompts": ["helpful_only"],
-                "cue_formats": ["tag"],
+                "cue_formats": ["tag", "header"],
             },
             "validate": {
                 "gap": 2.0,
-                "patch_layers": [0, 14, 15, 16, 30],
+                "patch_layers": [14, 15, 16],  # below, at and above the planted read layer
                 "power_gaps": [0.0, 0.2],
                 "power_limit": 5,
                 "n_bootstrap": 200,
