@@ -95,7 +95,12 @@ from afprobe.experiments._steering import (
     summarize_sweep,
     sweep_settings,
 )
-from afprobe.experiments._steering_runner import STEERING_FILE, SteeringRunner, choose_layers
+from afprobe.experiments._steering_runner import (
+    STEERING_FILE,
+    SteeringRunner,
+    choose_layers,
+    evenly_spaced,
+)
 from afprobe.experiments._subject import (
     ScoredPrompt,
     Subject,
@@ -169,6 +174,7 @@ __all__ = [
     "collect",
     "continuation_ids",
     "covariance_directions",
+    "evenly_spaced",
     "exact_patching",
     "gap_summary",
     "get_classifier",

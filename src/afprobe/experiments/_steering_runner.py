@@ -5,6 +5,7 @@ direction (layers × alphas on both tiers, the random band, ablation) -> ``compl
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -159,6 +160,11 @@ def _result(
     }
 
 
+def evenly_spaced(pool: Sequence[int], n: int) -> list[int]:
+    """Up to ``n`` evenly spaced members of ``pool`` (first and last included)."""
+    return sorted({pool[round(float(i))] for i in np.linspace(0, len(pool) - 1, min(n, len(pool)))})
+
+
 def choose_layers(spec: Literal["auto"] | list[int], dirs: Directions, n_auto: int) -> list[int]:
     """``auto``: up to ``n_auto`` evenly spaced layers with a direction (past the embedding), the probes' best
     layer included; a list is checked against the layers that have directions."""
@@ -168,7 +174,7 @@ def choose_layers(spec: Literal["auto"] | list[int], dirs: Directions, n_auto: i
             raise AfprobeError(f"no direction for layers {missing} (layers with directions: {dirs.layers})")
         return sorted(set(spec))
     pool = [layer for layer in dirs.layers if layer > 0] or dirs.layers
-    picks = {pool[round(float(i))] for i in np.linspace(0, len(pool) - 1, min(n_auto, len(pool)))}
+    picks = set(evenly_spaced(pool, n_auto))
     if dirs.best_layer is not None and dirs.best_layer in pool and dirs.best_layer not in picks:
         picks.remove(min(picks, key=lambda x: abs(x - dirs.best_layer)))  # type: ignore[operator]
         picks.add(dirs.best_layer)

@@ -151,17 +151,21 @@ def _target_positions(labels: Tensor, weights: Tensor) -> tuple[Tensor, Tensor, 
     return pos, tgt, wts
 
 
+def _decoder_and_head(model: nn.Module) -> tuple[Any, Any]:
+    """The decoder (embedding, blocks, final norm) and the unembedding of a causal LM, under a PEFT wrapper too."""
+    base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
+    inner, head = getattr(base, "model", None), getattr(base, "lm_head", None)
+    if inner is None or not hasattr(inner, "layers") or head is None:
+        raise AfprobeError(f"cannot split {type(base).__name__} into its decoder and its unembedding")
+    return inner, head
+
+
 class _Upper:
     """Run only the blocks from ``first`` on, starting from the cached residual entering block ``first``, and
     unembed only the positions that predict a target token."""
 
     def __init__(self, model: nn.Module, first: int):
-        base: Any = model.get_base_model() if hasattr(model, "get_base_model") else model
-        inner, head = getattr(base, "model", None), getattr(base, "lm_head", None)
-        if inner is None or not hasattr(inner, "layers") or head is None:
-            raise AfprobeError(f"cannot split {type(base).__name__} into its decoder and its unembedding")
-        self.inner: Any = inner
-        self.head: Any = head
+        self.inner, self.head = _decoder_and_head(model)
         self.first = first
 
     def __call__(self, h: Tensor, mask: Tensor, positions: Tensor) -> Tensor:
@@ -181,7 +185,7 @@ def _lower(
     """The residual entering block ``first`` for every example (the frozen lower blocks run once)."""
     out: list[Tensor] = []
     pad_id = int(lm.tokenizer.pad_token_id)
-    inner: Any = _Upper(lm.model, first).inner
+    inner, _ = _decoder_and_head(lm.model)
     full, norm = inner.layers, inner.norm
     inner.layers = nn.ModuleList(list(full)[:first])  # the blocks above and the unembedding are not run,
     inner.norm = nn.Identity()  # and the last block's output is not normalized

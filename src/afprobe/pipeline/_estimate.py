@@ -412,8 +412,9 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
 def _auto_layers(n_layers: int, n_auto: int) -> list[int]:
     """The layers ``steering.layers: auto`` picks when every layer past the embedding has a direction (the
     probes' best layer may replace the nearest of them; that moves the cost little)."""
-    pool = list(range(1, n_layers + 1))
-    return sorted({pool[round(float(i))] for i in np.linspace(0, len(pool) - 1, min(n_auto, len(pool)))})
+    from afprobe.experiments import evenly_spaced
+
+    return evenly_spaced(list(range(1, n_layers + 1)), n_auto)
 
 
 def free_bytes(path: Path) -> int:
