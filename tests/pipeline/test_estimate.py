@@ -80,3 +80,38 @@ def test_a_run_too_big_for_the_disk_is_refused(tmp_path: Path, monkeypatch) -> N
     monkeypatch.setattr(estimate, "free_bytes", lambda _p: 10**6)
     code = main(["run", "llama-3.1-70b-instruct", "--dry-run", "--out", str(tmp_path / "x"), "-q"])
     assert code == 2 and not (tmp_path / "x").exists()
+
+
+def test_the_paper_stages_are_estimated() -> None:
+    """The scratchpad sampling and the transcripts' replay have rows of their own: the sampling's cost follows
+    the turns' length, a local judge's votes add to it and an endpoint's do not; the replay stores every layer
+    of each span of every transcript."""
+
+    def stage(name: str, *sets: str):  # type: ignore[no-untyped-def]
+        est = estimate_run(load_run_config("paper", list(sets)), rate=1e11)
+        return next(s for s in est.stages if s.stage == name)
+
+    base = stage("scratchpad")
+    rows = 8 * 2 * 2  # 8 pairs, 2 samples
+    assert base.prompts == 16 and base.forward_passes == rows * (1 + 2 * (48 + 16))
+    assert stage("scratchpad", "scratchpad.max_new_tokens=96").seconds > 1.2 * base.seconds
+    assert stage("scratchpad", "scratchpad.judge.kind=local").seconds > 2 * base.seconds
+    endpoint = stage(
+        "scratchpad", "scratchpad.judge.kind=endpoint", "scratchpad.judge.base_url=http://127.0.0.1:1"
+    )
+    assert endpoint.seconds == base.seconds and "endpoint" in endpoint.note
+    replay = stage("transcripts")
+    assert replay.prompts == rows and replay.disk_bytes >= rows * 31 * 1 * 576 * 4
+    no_sampling = estimate_run(load_run_config("default"), rate=1e11)
+    assert not {"scratchpad", "transcripts"} & {s.stage for s in no_sampling.stages}
+
+
+def test_the_run_directory_defaults_to_the_config_name(tmp_path: Path, monkeypatch, capsys) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert main(["run", "paper", "--dry-run", "-q"]) == 0
+    assert (
+        capsys.readouterr().out.splitlines()[-1]
+        == f"fits: {Path('runs') / 'paper'} has room for the run's outputs"
+    )
+    assert main(["run", "--dry-run", "-q"]) == 0
+    assert "runs/default" in capsys.readouterr().out.splitlines()[-1]

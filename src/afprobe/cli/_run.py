@@ -34,9 +34,14 @@ ConfigArg = Annotated[
 def run(
     flags: Flags,
     config_name: ConfigArg = None,
-    out: Annotated[Path, typer.Option("--out", help="Run directory, e.g. runs/default.")] = Path(
-        "runs/default"
-    ),
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Run directory. Default: runs/CONFIG (runs/default, runs/paper, ...).",
+            show_default=False,
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(
@@ -56,6 +61,8 @@ def run(
         raise AfprobeError("give the config once: as the CONFIG argument or as --config, not both")
     spec = flags.config if flags.config is not None else config_name
     cfg = load_run_config(spec, [*flags.overrides(), *(flags.set_ or [])])
+    if out is None:
+        out = Path("runs") / (Path(spec).stem if spec is not None else "default")
     if dry_run:
         est = estimate_run(cfg)
         typer.echo(est.table(stamped_seconds(out, STAGE_NAMES)))

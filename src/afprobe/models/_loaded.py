@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from afprobe._errors import AfprobeError
+from afprobe.models._attention import use_cpu_gqa
 from afprobe.models._config import ModelConfig
 
 
@@ -63,6 +64,7 @@ def wrap_model(
     """Wrap an already-built HF causal LM (tests, notebooks, your own fine-tune) as a :class:`LoadedModel`."""
     model.eval()
     model.requires_grad_(False)
+    use_cpu_gqa()
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

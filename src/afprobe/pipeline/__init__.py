@@ -10,7 +10,7 @@ from afprobe.pipeline._config import (
     load_run_config,
     shipped_configs,
 )
-from afprobe.pipeline._estimate import Estimate, ModelShape, check_fits, estimate_run, model_shape
+from afprobe.pipeline._estimate import Estimate, ModelShape, check_fits, model_shape
 from afprobe.pipeline._runner import (
     RESOLVED_CONFIG,
     Pipeline,
@@ -21,6 +21,7 @@ from afprobe.pipeline._runner import (
     run_pipeline,
     run_results,
 )
+from afprobe.pipeline._stage_costs import estimate_run
 from afprobe.pipeline._stages import ACTIVATIONS, STAGES, Stage, stage_results
 from afprobe.pipeline._stamps import stamped_seconds
 from afprobe.pipeline._state import RunState

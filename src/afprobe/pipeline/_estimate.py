@@ -1,24 +1,11 @@
 """What a run will cost before it runs (``afprobe run --dry-run``): per stage, the tokens, forward passes, disk
-bytes and memory, from the config and the model's shape alone (no weights are loaded).
+bytes and memory, from the config and the model's shape alone (no weights are loaded). This module holds the
+shapes, the table and the disk check; what each stage computes is in :mod:`afprobe.pipeline._stage_costs`.
 
 The shape comes from a loaded model when one is given, else from the model's ``config.json`` (a local directory,
 or a hub id that ``transformers.AutoConfig`` finds offline), else from :data:`KNOWN_SHAPES` (the embedded model
 and the shipped configs' models). Tokens are counted with the model's tokenizer when it loads offline (a local
 directory or a loaded model), else estimated from characters (:data:`CHARS_PER_TOKEN`; marked ``approx``).
-
-What is counted: the cache file is ``prompts x layers x positions x d_model`` values plus the token ids, lengths
-and per-prompt text (exactly as the writer stores them); the probes' outputs hold one direction per probe,
-layer and position; the causal stages' forward passes follow their settings (steering: settings x both tiers x
-pairs; patching: layers x sites x pairs plus the clean and corrupted runs). Memory is the weights plus the
-largest batch's activations (cache, causal stages) or one layer's activations and the solver's work (probes).
-Time follows what each stage computes: every system prompt once and then each prompt's own tokens (the shared
-prefix), both teacher-forced continuations, one-token decoding steps, steering and patching settings that run
-the blocks below their edited layer once per pass; FLOPs through the blocks (attention over the context
-included) and the unembedding, over a matrix-product rate measured on the spot at :data:`EFFICIENCY` of it, plus
-:data:`CALL_S_PER_BLOCK` per block per forward call; probes: a fixed cost and ~100 solver iterations per fit.
-The constants were set from the organism and default runs on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run
-estimate", has the comparison per stage); on another machine or a GPU the rate is measured there, the constants
-are not refitted.
 """
 
 from __future__ import annotations
@@ -26,23 +13,14 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from afprobe._errors import AfprobeError
-from afprobe.pipeline._config import RunConfig
 
 CHARS_PER_TOKEN = 3.6  # English chat text under BPE vocabularies of 32k-150k tokens
-EFFICIENCY = 0.7  # share of the measured matmul rate a transformer forward reaches on a CPU
-PROBE_S_PER_FIT = 0.0007  # fixed cost of one probe fit (a batched solver's share of Python and launches)
-PROBE_FLOPS_PER_VALUE = 400.0  # FLOPs of one fit per activation value (n x d): ~100 solver iterations
-CALL_S_PER_BLOCK = 0.001  # Python and kernel launch cost of one block in one forward call
-CHAT_OVERHEAD_TOKENS = 24  # chat template tokens around the system and user messages
-CHAT_SYSTEM_TOKENS = 8  # of which around the system message
 # (n_layers, d_model, mlp width, vocab, kv_heads, heads) of models whose config.json may not be on this machine
 KNOWN_SHAPES: dict[str, tuple[int, int, int, int, int, int]] = {
     "smollm2-135m-instruct": (30, 576, 1536, 49152, 3, 9),
@@ -222,199 +200,6 @@ def matmul_rate(seconds: float = 0.3, size: int = 1024) -> float:
         a @ a
         best = min(best, time.perf_counter() - t0)
     return 2 * size**3 / max(best, 1e-9)
-
-
-@dataclass
-class _Work:
-    """What a stage computes, for its time: FLOPs through the blocks and the unembedding, and forward calls (each
-    costs :data:`CALL_S_PER_BLOCK` per block on top of its FLOPs: kernel launches and Python, which dominate
-    one-token decoding steps on a CPU)."""
-
-    shape: ModelShape
-    flops: float = 0.0
-    calls: float = 0.0
-
-    def blocks(
-        self, tokens: float, ctx: float = 0.0, calls: float = 0.0, n_blocks: float | None = None
-    ) -> None:
-        """``tokens`` through ``n_blocks`` blocks (all by default), each token attending to ``ctx`` tokens on
-        average, in ``calls`` calls."""
-        m = self.shape
-        depth = m.n_layers if n_blocks is None else n_blocks
-        self.flops += tokens * depth * (2.0 * m.block_params + 4.0 * m.d_model * ctx)
-        self.calls += calls
-
-    def logits(self, positions: float) -> None:
-        self.flops += positions * 2.0 * self.shape.vocab * self.shape.d_model
-
-    def seconds(self, rate: float) -> float:
-        return self.flops / rate + CALL_S_PER_BLOCK * self.calls * self.shape.n_layers
-
-
-def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -> Estimate:
-    """Per-stage cost of ``cfg`` (see the module docstring)."""
-    from afprobe.scenarios import ACCEPT_TAG, REJECT_TAG, build_scenario
-
-    shape = model_shape(cfg.model.name, lm)
-    count, exact = _token_counter(cfg.model.name, lm)
-    flops = (rate if rate is not None else matmul_rate()) * EFFICIENCY
-    est = Estimate(shape, exact)
-    prompts = build_scenario(cfg.scenario)
-    sys_len = {p.system_text: count(p.system_text) + CHAT_SYSTEM_TOKENS for p in prompts}
-    user = np.array([count(p.user_text) + CHAT_OVERHEAD_TOKENS - CHAT_SYSTEM_TOKENS for p in prompts])
-    lengths = np.array([sys_len[p.system_text] for p in prompts]) + user
-    n, max_len = len(prompts), int(lengths.max()) if len(prompts) else 0
-    n_sys, sys_mean = len(sys_len), float(np.mean(list(sys_len.values()))) if sys_len else 0.0
-    k = count(ACCEPT_TAG) + count(REJECT_TAG)  # both continuations' tokens, teacher-forced
-    n_cached = shape.n_layers + 1 if cfg.cache.layers == "all" else len(cfg.cache.layers)
-    n_pos = len(cfg.cache.positions)
-    item = DTYPE_BYTES[cfg.cache.dtype]
-    weights = shape.n_params * DTYPE_BYTES.get(cfg.model.dtype, 4)
-    text = sum(len(p.request.text.encode()) + 64 for p in prompts)
-
-    def scored(
-        w: _Work, rows: float, tail: float, edits: Sequence[int | None], batch: int, per_pass: int = 1
-    ) -> None:
-        """One teacher-forced scoring of ``rows`` prompts (``tail`` tokens each after what is shared, then both
-        continuations) per setting, a setting's edit starting at the layer in ``edits`` (None: unedited),
-        ``batch`` prompts and ``per_pass`` settings to a forward pass (two calls). In a pass, the blocks below
-        the edited layer run once for all its settings."""
-        ctx = sys_mean + tail / 2
-        tokens = rows * (tail + k)
-        for layer in sorted(set(edits), key=lambda x: -1 if x is None else x):
-            n = sum(e == layer for e in edits)
-            below = 0 if layer is None else min(layer, shape.n_layers)
-            passes = -(-n // per_pass)
-            w.blocks(n * tokens, ctx, 2 * passes * -(-rows // batch), shape.n_layers - below)
-            w.blocks(passes * tokens, ctx, 0, below)
-            w.logits(n * rows * (k + 1))
-
-    stages = set(cfg.stages) | {"scenarios", "cache"}
-    est.stages.append(StageCost("scenarios", n, int(lengths.sum()), disk_bytes=text))
-    bs = cfg.cache.batch_size
-    resid = n * n_cached * n_pos * shape.d_model * item
-    w = _Work(shape)
-    w.blocks(n_sys * sys_mean, sys_mean / 2, n_sys)  # each system prompt once, then what follows it
-    w.blocks(float(user.sum()), sys_mean + float(user.mean()) / 2, -(-n // bs))
-    est.stages.append(
-        StageCost(
-            "cache",
-            n,
-            int(lengths.sum()),
-            n,
-            resid + n * max_len * 8 + n * (8 + 8 * n_pos) + text + n * 8 * 16 + 20 * 1024,
-            weights + bs * max_len * shape.d_model * 4 * 6 + bs * n_cached * n_pos * shape.d_model * 4,
-            w.seconds(flops),
-        )
-    )
-    if "probes" in stages:
-        p = cfg.probes
-        layers = len(p.layers) if p.layers else n_cached
-        positions = len(p.positions) if p.positions else n_pos
-        x = n * positions * shape.d_model * 4
-        # every probe, layer and position is fitted on the full data, its folds (nested: outer x inner) and each
-        # permutation draw
-        fits = len(p.probes) * layers * positions * (1 + p.folds * (p.folds + 1) + p.permutations)
-        est.stages.append(
-            StageCost(
-                "probes",
-                n,
-                disk_bytes=len(p.probes) * layers * positions * shape.d_model * 8 + 256 * 1024,
-                memory_bytes=3 * x + 2 * min(n, shape.d_model) ** 2 * 8 * (p.folds + 1),
-                seconds=fits * (PROBE_S_PER_FIT + PROBE_FLOPS_PER_VALUE * n * shape.d_model / flops),
-                note=f"{layers} layers x {positions} positions read one layer at a time",
-            )
-        )
-    causal = build_scenario(cfg.resolved_causal_scenario)
-    pairs = len(causal) // 2
-    c_user = float(np.mean([count(q.user_text) for q in causal])) + CHAT_OVERHEAD_TOKENS if causal else 0.0
-    c_len = int(sys_mean + c_user)
-    if "compliance" in stages:
-        c = cfg.compliance
-        new = c.max_new_tokens if c.generate else 0
-        batches = -(-n // c.batch_size)
-        w = _Work(shape)
-        w.blocks(n_sys * sys_mean, sys_mean / 2, n_sys)
-        scored(w, n, float(user.mean()), [None], c.batch_size)
-        if new:  # prefill, then one token per row per step
-            w.blocks(float(user.sum()), sys_mean, batches)
-            w.blocks(n * new, sys_mean + float(user.mean()) + new / 2, batches * new)
-            w.logits(n * new)
-        est.stages.append(
-            StageCost(
-                "compliance",
-                n,
-                int(lengths.sum()) + n * (new + k),
-                n * (1 + new),
-                n * (new * 8 + 512),
-                weights + c.batch_size * (max_len + new) * shape.d_model * 4 * 6,
-                w.seconds(flops),
-            )
-        )
-    if "steering" in stages:
-        s = cfg.steering
-        steered = (
-            _auto_layers(shape.n_layers, s.n_auto_layers) if s.layers == "auto" else sorted(set(s.layers))
-        )
-        heads = any(a > 0 for a in s.alphas) + any(a < 0 for a in s.alphas)  # the random bands' alphas
-        per_layer = len(s.alphas) + heads * 2 * s.n_random + ((1 + 2 * s.n_random) if s.ablate else 0)
-        edits = [None, *[layer for layer in steered for _ in range(per_layer)]]
-        settings = len(edits)
-        w = _Work(shape)
-        w.blocks(2 * pairs * c_len, c_len / 2, 3 * -(-2 * pairs // s.batch_size))  # the reads: 3 passes
-        scored(w, 2 * pairs, c_user, [None], s.batch_size)  # the unsteered metric
-        scored(w, 2 * pairs, c_user, edits, s.batch_size, max(1, s.max_rows // (2 * s.batch_size)))
-        est.stages.append(
-            StageCost(
-                "steering",
-                2 * pairs,
-                int(2 * pairs * settings * (c_user + k)),
-                settings * 2 * pairs,
-                settings * 2 * pairs * 64,
-                weights + s.batch_size * c_len * shape.d_model * 4 * 6,
-                w.seconds(flops),
-                note=f"{settings} settings x {2 * pairs} prompts",
-            )
-        )
-    if "patching" in stages:
-        pc = cfg.patching
-        patched = list(range(shape.n_layers + 1)) if pc.layers == "all" else sorted(set(pc.layers))
-        per_layer = (len(pc.positions) + pc.response) * (2 if pc.subspace else 1) + 2 * pc.window + 1
-        per_layer += 2 if pc.subspace else 1  # the span, and its subspace
-        patches: list[int | None] = [
-            la for la in patched for _ in range(per_layer * (2 if pc.noising else 1))
-        ]
-        settings = len(patches)
-        w = _Work(shape)
-        # the clean metric and the stored values, then the patches
-        w.blocks(2 * pairs * c_len, c_len / 2, 2 * -(-2 * pairs // pc.batch_size))
-        scored(w, 2 * pairs, c_user, [None], pc.batch_size)
-        scored(w, pairs, c_user, patches, pc.batch_size, max(1, pc.max_rows // (2 * pc.batch_size)))
-        if pc.attribution:  # a forward and a backward pass (~2 forwards) of both tiers, both directions
-            scored(w, 2 * pairs, c_len, [None] * 6, pc.batch_size)
-        est.stages.append(
-            StageCost(
-                "patching",
-                2 * pairs,
-                int(settings * pairs * (c_user + k)),
-                settings * pairs,
-                settings * pairs * 64,
-                weights + pc.batch_size * c_len * shape.d_model * 4 * (6 + len(patched)),
-                w.seconds(flops),
-                note=f"{settings} settings x {pairs} pairs",
-            )
-        )
-    if "report" in stages:
-        est.stages.append(StageCost("report", disk_bytes=2_000_000, memory_bytes=300_000_000, seconds=10.0))
-    return est
-
-
-def _auto_layers(n_layers: int, n_auto: int) -> list[int]:
-    """The layers ``steering.layers: auto`` picks when every layer past the embedding has a direction (the
-    probes' best layer may replace the nearest of them; that moves the cost little)."""
-    from afprobe.experiments import evenly_spaced
-
-    return evenly_spaced(list(range(1, n_layers + 1)), n_auto)
 
 
 def free_bytes(path: Path) -> int:
