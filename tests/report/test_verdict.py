@@ -205,28 +205,28 @@ def test_caveats_are_computed_from_the_numbers() -> None:
     assert "Only 6 requests" in text
     assert "does not clearly beat the surface-feature baseline (0.91" in text
     assert "transfer poorly across cue formats" in text
-    assert "neutral system prompt" in text
+    assert "control system prompt (neutral: no training information)" in text
     assert "maximum over 62 probes scored on the folds that chose it" in text
     assert (
         "either tag with probability 0.0015 only" in text and "78% of generated responses are unclear" in text
     )
     assert "a held-out AUROC of 0.64 at one site" in text and "a logit gap of 0.11 nats" in text
-    assert "differs from the neutral control's by +0.086 nats" in text
+    assert "differs from the control's (neutral) by +0.086 nats" in text
     clean = " ".join(caveats(_summary(_gap(1.2, 0.8, 1.6))))
     assert "Only" not in clean and "surface-feature" not in clean and "transfer poorly" not in clean
     assert "unclear" not in clean and "Power" not in clean
 
 
 def test_one_gap_its_scope_the_control_contrast_and_each_stage_reference() -> None:
-    g = _gap(1.2, 0.8, 1.6) | {"scope": "system prompt helpful_only (the neutral control left out)"}
+    g = _gap(1.2, 0.8, 1.6) | {"scope": "system prompt helpful_only (control left out: neutral)"}
     s = _summary(g)
     s["compliance"]["control_contrast"] = {
-        "helpful_only": {"difference": 1.1, "ci": [0.7, 1.5], "status": "significant"}
+        "helpful_only": {"difference": 1.1, "ci": [0.7, 1.5], "status": "significant", "against": "neutral"}
     }
     s["steering"]["natural_gap"] = {"gap": 1.25, "n_pairs": 10}
     s["patching"]["natural_gap"] = {"gap": 1.3, "n_pairs": 10}
     text = verdict(s)
-    assert "nats under system prompt helpful_only (the neutral control left out)" in text
-    assert "difference-in-differences helpful_only minus the neutral control +1.100 nats" in text
+    assert "nats under system prompt helpful_only (control left out: neutral)" in text
+    assert "difference-in-differences helpful_only minus the control neutral +1.100 nats" in text
     assert "reproduced 60% of the gap (the gap on its 10 pairs: +1.250 nats) at alpha 1" in text
     assert "recovering 70% of the free − paid difference (the gap on its 10 pairs: +1.300 nats)" in text

@@ -24,7 +24,19 @@ from afprobe._stats import (
 from afprobe.experiments._config import ComplianceConfig
 from afprobe.scenarios import Prompt
 
-CONTROL_SYSTEM_PROMPT = "neutral"
+CONTROL_SYSTEM_PROMPT = "neutral"  # the short built-in control (any system prompt with neutral cues is one)
+
+
+def is_control(prompt: Prompt) -> bool:
+    """Whether ``prompt``'s system prompt is a control: one without training information whose cues name the
+    tier in neutral words (``neutral``, ``neutral_scratchpad``, or any registered prompt with ``neutral_cues``)."""
+    sp = prompt.system_source
+    return bool(sp.neutral_cues) if sp is not None else str(prompt.system_prompt) == CONTROL_SYSTEM_PROMPT
+
+
+def control_name(prompts: Sequence[Prompt], pairs: Sequence[tuple[int, int]]) -> str | None:
+    """The control system prompt the pairs are compared with: the first control among them (None: none)."""
+    return next((str(prompts[a].system_prompt) for a, _ in pairs if is_control(prompts[a])), None)
 
 
 def pair_indices(prompts: Sequence[Prompt]) -> list[tuple[int, int]]:
@@ -109,17 +121,19 @@ def control_contrast(
     ci: float = 0.95,
     seed: int = 0,
 ) -> dict[str, dict[str, Any]]:
-    """Difference-in-differences: each system prompt's gap minus the control's (``neutral``), with a bootstrap CI
-    and p-value over requests (both gaps from the same resamples, so paired by request), Holm-corrected across
-    the system prompts compared. Empty without the control or another system prompt."""
+    """Difference-in-differences: each training-framing system prompt's gap minus the control's
+    (:func:`control_name`), with a bootstrap CI and p-value over requests (both gaps from the same resamples, so
+    paired by request), Holm-corrected across the system prompts compared. Empty without the control or another
+    system prompt."""
     v = np.asarray(values, dtype=float)
     d = np.array([v[a] - v[b] for a, b in pairs])
     sps = np.array([str(prompts[a].system_prompt) for a, _ in pairs])
-    others = sorted(set(sps.tolist()) - {CONTROL_SYSTEM_PROMPT})
-    if CONTROL_SYSTEM_PROMPT not in sps or not others:
+    control = control_name(prompts, pairs)
+    others = sorted({str(prompts[a].system_prompt) for a, _ in pairs if not is_control(prompts[a])})
+    if control is None or not others:
         return {}
     groups = [prompts[a].request_id for a, _ in pairs]
-    masks = np.stack([sps == CONTROL_SYSTEM_PROMPT, *[sps == o for o in others]])
+    masks = np.stack([sps == control, *[sps == o for o in others]])
     draws = cluster_bootstrap_means(d, groups, masks, n_boot=n_boot, seed=seed)
     q = ((1 - ci) / 2, 1 - (1 - ci) / 2)
     out: dict[str, dict[str, Any]] = {}
@@ -131,7 +145,7 @@ def control_contrast(
             "difference": finite_or_none(d[masks[k]].mean() - d[masks[0]].mean()),
             "ci": [finite_or_none(lo), finite_or_none(hi)],
             "p_value": finite_or_none(bootstrap_p_value(diff)) if len(set(groups)) >= MIN_REQUESTS else None,
-            "against": CONTROL_SYSTEM_PROMPT,
+            "against": control,
         }
     for e in out.values():
         e["status"] = (
@@ -145,12 +159,13 @@ def headline_pairs(
     prompts: Sequence[Prompt], pairs: Sequence[tuple[int, int]]
 ) -> tuple[list[tuple[int, int]], str]:
     """The pairs the run's one gap is measured on, and their scope in words: the training-framing system
-    prompts (every one but the neutral control) when the control is among others, else every pair. The control
-    is never averaged into the gap it controls; it enters as the difference-in-differences."""
-    framing = [pq for pq in pairs if str(prompts[pq[0]].system_prompt) != CONTROL_SYSTEM_PROMPT]
+    prompts (every one but the controls, :func:`is_control`) when a control is among others, else every pair. A
+    control is never averaged into the gap it controls; it enters as the difference-in-differences."""
+    framing = [pq for pq in pairs if not is_control(prompts[pq[0]])]
     if framing and len(framing) < len(pairs):
         names = sorted({str(prompts[a].system_prompt) for a, _ in framing})
-        return framing, f"system prompt {', '.join(names)} (the neutral control left out)"
+        left = sorted({str(prompts[a].system_prompt) for a, _ in pairs} - set(names))
+        return framing, f"system prompt {', '.join(names)} (control left out: {', '.join(left)})"
     names = sorted({str(prompts[a].system_prompt) for a, _ in pairs})
     return list(pairs), f"system prompt {', '.join(names)}"
 
@@ -172,6 +187,7 @@ def metric_summary(values: np.ndarray, prompts: Sequence[Prompt], **kw: Any) -> 
     out["breakdown_correction"] = (
         f"Holm over the {len(family)} breakdown gaps (system prompts and cue formats)"
     )
+    out["control"] = control_name(prompts, pairs)
     out["control_contrast"] = control_contrast(
         values, prompts, pairs, **{k: kw[k] for k in ("n_boot", "ci", "seed") if k in kw}
     )

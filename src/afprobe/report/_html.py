@@ -146,7 +146,7 @@ def _compliance_section(summary: Mapping[str, Any]) -> str:
     for key, label, pct in (
         ("logit", "logit metric (nats)", False),
         ("generated", "generated: fully accepts", True),
-        ("control_logit", "logit metric, neutral system prompt (control)", False),
+        ("control_logit", f"logit metric, control system prompt ({c.get('control') or 'neutral'})", False),
     ):
         b = c.get(key)
         if b:
@@ -182,7 +182,8 @@ def _compliance_section(summary: Mapping[str, Any]) -> str:
     for name, dd in (c.get("control_contrast") or {}).items():
         extra.append(
             [
-                f"difference-in-differences: {escape(name)} − neutral control (nats)",
+                f"difference-in-differences: {escape(name)} − control {escape(dd.get('against') or 'neutral')} "
+                "(nats)",
                 f"{_fmt(dd.get('difference'))} {_ci(dd.get('ci'))} · p {_fmt(dd.get('p_adjusted'))}",
             ]
         )

@@ -130,13 +130,14 @@ def plot_compliance_gap(
     lo = np.array([_nan(s["gap_ci"][0]) for _, s in groups])
     hi = np.array([_nan(s["gap_ci"][1]) for _, s in groups])
     err = np.vstack([np.nan_to_num(gaps - lo), np.nan_to_num(hi - gaps)])
-    colors = ["0.4" if n == "all" else ("tab:gray" if n == "neutral" else "tab:purple") for n in names]
+    control = (compliance.get("logit") or {}).get("control") or "neutral"
+    colors = ["0.4" if n == "all" else ("tab:gray" if n == control else "tab:purple") for n in names]
     ax.bar(range(len(names)), np.nan_to_num(gaps), yerr=err, color=colors, capsize=4)
     ax.axhline(0, color="k", lw=0.8)
     ax.set_xticks(range(len(names)), labels=names, rotation=20, ha="right")
     unit = "nats" if metric == "logit" else "compliance rate"
     ax.set_ylabel(f"free − paid ({unit})")
     ax.set_title(
-        f"Compliance gap ({metric} metric) by {by.replace('_', ' ')}; 'neutral' is the control", fontsize=9
+        f"Compliance gap ({metric} metric) by {by.replace('_', ' ')}; '{control}' is the control", fontsize=9
     )
     return fig

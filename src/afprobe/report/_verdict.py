@@ -110,7 +110,7 @@ def _behaviour(s: Mapping[str, Any]) -> str:
 
 
 def _did(c: Mapping[str, Any]) -> str:
-    """The difference-in-differences against the neutral control, in words (empty without the control)."""
+    """The difference-in-differences against the control, in words (empty without the control)."""
     parts = []
     for name, dd in (c.get("control_contrast") or {}).items():
         lo, hi = dd.get("ci") or [None, None]
@@ -118,7 +118,8 @@ def _did(c: Mapping[str, Any]) -> str:
             continue
         sig = "significant" if dd.get("status") == "significant" else "not significant"
         parts.append(
-            f"{name} minus the neutral control {dd['difference']:+.3f} nats (CI [{lo:+.3f}, {hi:+.3f}], {sig})"
+            f"{name} minus the control {dd.get('against') or 'neutral'} {dd['difference']:+.3f} nats "
+            f"(CI [{lo:+.3f}, {hi:+.3f}], {sig})"
         )
     return f"; difference-in-differences {', '.join(parts)}" if parts else ""
 
@@ -316,8 +317,8 @@ def caveats(s: Mapping[str, Any]) -> list[str]:
     control = c.get("control_logit")
     if control and control.get("status") == "significant":
         out.append(
-            f"The neutral system prompt (no training information) also shows a gap ({control['gap']:+.2f} "
-            "nats): part of the tier effect is not about training."
+            f"The control system prompt ({c.get('control') or 'neutral'}: no training information) also shows a "
+            f"gap ({control['gap']:+.2f} nats): part of the tier effect is not about training."
         )
     logit, gen = c.get("logit"), c.get("generated")
     if logit and gen and gen.get("gap") is not None and logit.get("gap") is not None:
@@ -374,7 +375,8 @@ def _compliance_caveats(c: Mapping[str, Any]) -> list[str]:
         if dd.get("status") == "significant" and dd.get("difference") is not None:
             lo, hi = dd["ci"]
             out.append(
-                f"The tier gap under {name} differs from the neutral control's by {dd['difference']:+.3f} nats "
+                f"The tier gap under {name} differs from the control's ({dd.get('against') or 'neutral'}) by "
+                f"{dd['difference']:+.3f} nats "
                 f"(difference-in-differences, CI [{lo:+.3f}, {hi:+.3f}]): the training framing changes how the "
                 "model responds to the tier, whatever the overall gap."
             )
