@@ -201,3 +201,33 @@ def test_vllm_not_installed_is_a_clear_error(tiny_lm, rows, monkeypatch) -> None
     monkeypatch.setitem(sys.modules, "vllm", None)  # import vllm -> ImportError
     with pytest.raises(AfprobeError, match="not installed"):
         generate(make_backend(tiny_lm, "hooks"), rows, max_new_tokens=3, engine="vllm")
+
+
+def test_decoding_writes_into_reserved_room_not_new_copies(tiny_lm) -> None:
+    """After the prompt, each layer's keys and values sit in buffers with room for the new tokens: a step
+    writes its token there (same tensors, no concatenation of everything cached), with the same logits as a
+    plain dynamic cache; a reordered layer, or one past its room, concatenates again."""
+    from afprobe.models._generate import _Reserved, reserve
+
+    backend = make_backend(tiny_lm)
+    ids = torch.randint(3, 250, (2, 12), generator=torch.Generator().manual_seed(0))
+    mask = torch.ones_like(ids)
+    last = torch.full((2, 1), 11)
+
+    def prompt_cache():  # type: ignore[no-untyped-def]
+        return backend.run(ids, mask, logit_positions=last, use_cache=True).cache
+
+    plain, reserved = prompt_cache(), reserve(prompt_cache(), 2)
+    assert all(isinstance(layer, _Reserved) for layer in reserved.layers)
+    buffers = [layer.keys.data_ptr() for layer in reserved.layers]
+    nxt = torch.tensor([[5], [7]])
+    for step in range(3):  # two steps fit the room, the third concatenates
+        m = torch.ones(2, 13 + step, dtype=torch.long)
+        kw = {"logit_positions": torch.zeros(2, 1, dtype=torch.long), "use_cache": True}
+        pos = torch.full((2, 1), 12 + step)
+        a = backend.run(nxt, m, cache=plain, position_ids=pos, **kw)
+        b = backend.run(nxt, m, cache=reserved, position_ids=pos, **kw)
+        plain, reserved = a.cache, b.cache
+        assert torch.allclose(a.logits, b.logits, atol=1e-6)
+        same = [layer.keys.data_ptr() for layer in reserved.layers] == buffers
+        assert same == (step < 2) and reserved.layers[0].keys.shape[-2] == 13 + step

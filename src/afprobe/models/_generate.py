@@ -30,6 +30,7 @@ from typing import Any, Literal
 import torch
 from jaxtyping import Float
 from torch import Tensor
+from transformers.cache_utils import DynamicLayer
 
 from afprobe._errors import AfprobeError
 from afprobe._progress import progress_bar
@@ -212,6 +213,8 @@ def _hf_batch(
         kwargs["cache"] = prefix[0].rows(prefix[1], n)
     last = torch.full((n, 1), width - 1 - p)
     out = backend.run(ids, mask, edits=step_edits(p), logit_positions=last, **kwargs)
+    if cached:
+        reserve(out.cache, max_new)
     new: list[list[int]] = [[] for _ in rows]
     done = [False] * n
     for t in range(max_new):
@@ -243,6 +246,52 @@ def _hf_batch(
             ids = torch.cat([ids, chosen[:, None]], dim=1)
             out = backend.run(ids, mask, edits=step_edits(0), logit_positions=torch.full((n, 1), col))
     return new
+
+
+def reserve(cache: Any, extra: int) -> Any:
+    """Give every plain dynamic layer of ``cache`` room for ``extra`` more tokens (in place; returns ``cache``).
+
+    A dynamic cache concatenates each step's keys and values onto copies of everything cached, so generating
+    ``n`` tokens after a ``P``-token prompt copies ``n x P`` cached positions per layer (for a 4,000-token system
+    prompt, more time than the attention). A reserved layer writes each step's token into its buffer in place
+    and hands attention a view of the filled part. Other layer types (sliding windows, static caches) are left
+    alone."""
+    for i, layer in enumerate(getattr(cache, "layers", ())):
+        keys = getattr(layer, "keys", None)
+        if type(layer) is not DynamicLayer or keys is None or keys.numel() == 0:
+            continue
+        grown = _Reserved.__new__(_Reserved)
+        grown.__dict__.update(layer.__dict__)
+        grown.reserve(extra)
+        cache.layers[i] = grown
+    return cache
+
+
+class _Reserved(DynamicLayer):
+    """A dynamic cache layer whose keys and values are the filled start of larger buffers (:func:`reserve`)."""
+
+    keys: Tensor
+    values: Tensor
+
+    def reserve(self, extra: int) -> None:
+        n = self.keys.shape[-2]
+        self._k = self.keys.new_empty(*self.keys.shape[:-2], n + extra, self.keys.shape[-1])
+        self._v = self.values.new_empty(*self.values.shape[:-2], n + extra, self.values.shape[-1])
+        self._k[..., :n, :] = self.keys
+        self._v[..., :n, :] = self.values
+        self.keys, self.values = self._k[..., :n, :], self._v[..., :n, :]
+
+    def update(
+        self, key_states: Tensor, value_states: Tensor, *args: Any, **kwargs: Any
+    ) -> tuple[Tensor, Tensor]:
+        n, m = self.keys.shape[-2], key_states.shape[-2]
+        in_buffer = self.keys.data_ptr() == self._k.data_ptr() and self.keys.shape[0] == key_states.shape[0]
+        if not in_buffer or n + m > self._k.shape[-2]:  # reordered, or past the room: concatenate
+            return super().update(key_states, value_states, *args, **kwargs)
+        self._k[..., n : n + m, :] = key_states
+        self._v[..., n : n + m, :] = value_states
+        self.keys, self.values = self._k[..., : n + m, :], self._v[..., : n + m, :]
+        return self.keys, self.values
 
 
 def _choose(
