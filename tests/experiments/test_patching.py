@@ -20,7 +20,7 @@ from afprobe.experiments import (
 )
 from afprobe.experiments._patching import RESPONSE, SPAN, grid_matrix, run_exact
 from afprobe.experiments._patching_summary import attribution_agreement, patching_peak, trivial_cells
-from afprobe.models import make_backend
+from afprobe.models import PrefixStore, make_backend
 from afprobe.scenarios import POSITION_NAMES
 
 from .conftest import make_planted, toy_items
@@ -145,6 +145,19 @@ def test_attribution_patching_ranks_like_exact_patching(planted_patching) -> Non
     agree = attribution_agreement(np.array(exact_raw), np.array(raw), triv, [0, 1, 2], list(POSITION_NAMES))
     assert agree["n_cells"] == int((~triv).sum()) and agree["n_trivial"] > 0
     assert agree["spearman"] is not None and agree["top_sites"][0]["site"] in ("cue", "last")
+
+
+def test_attribution_runs_the_shared_system_prompt_once_with_the_same_estimates(planted_patching) -> None:
+    """The system prompt (no site inside it) comes from a stored KV cache computed without gradients; the forward
+    and backward passes run after it: the same estimates as through the whole prompt."""
+    b, _, pairs, store, _, _ = planted_patching
+    sites = [*POSITION_NAMES, "cue-2", "cue2"]
+    prefixes = PrefixStore(b)
+    shared, d1 = attribution_patching(b, store, pairs, sites, "noise", batch_size=2, prefixes=prefixes)
+    whole, d2 = attribution_patching(b, store, pairs, sites, "noise", batch_size=2, share_prefix=False)
+    assert prefixes.computed == 1 and np.isfinite(whole).sum() > 0
+    np.testing.assert_allclose(shared, whole, atol=1e-5, rtol=1e-4)
+    np.testing.assert_array_equal(d1, d2)
 
 
 def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
