@@ -272,7 +272,7 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
         scored(w, 2 * pairs, c_user, [None], pc.batch_size)
         scored(w, pairs, c_user, patches, pc.batch_size, max(1, pc.max_rows // (2 * pc.batch_size)))
         if pc.attribution:  # a forward and a backward pass (~2 forwards) of both tiers, both directions
-            scored(w, 2 * pairs, c_len, [None] * 6, pc.batch_size)
+            scored(w, 2 * pairs, c_user, [None] * 6, pc.batch_size)  # after the stored system prompt
         est.stages.append(
             StageCost(
                 "patching",
