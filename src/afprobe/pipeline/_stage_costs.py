@@ -10,9 +10,10 @@ and the solver's work (probes).
 Time follows what each stage computes: every system prompt once and then each prompt's own tokens (the shared
 prefix), both teacher-forced continuations, one-token decoding steps, steering and patching settings that run
 the blocks below their edited layer once per pass; FLOPs through the blocks (attention over the context
-included) and the unembedding, over a matrix-product rate measured on the spot at :data:`EFFICIENCY` of it, plus
-:data:`CALL_S_PER_BLOCK` per block per forward call; probes: a fixed cost and ~100 solver iterations per fit.
-The constants were set from the organism and default runs on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run
+included) and the unembedding, over a matrix-product rate measured on the spot at :data:`EFFICIENCY` of it
+(attention over the context at :data:`ATTENTION_EFFICIENCY`), plus :data:`CALL_S_PER_BLOCK` per block per forward
+call; probes: a fixed cost and ~100 solver iterations per fit. The constants were set from the organism and
+default runs (and, for attention, the paper config's steering over 3,300-token prompts) on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run
 estimate", has the comparison per stage); on another machine or a GPU the rate is measured there, the constants
 are not refitted.
 """
@@ -37,6 +38,9 @@ from afprobe.pipeline._estimate import (
 )
 
 EFFICIENCY = 0.7  # share of the measured matmul rate a transformer forward reaches on a CPU
+ATTENTION_EFFICIENCY = (
+    0.3  # share of the measured matmul rate attention over the context reaches (CPU, masked)
+)
 PROBE_S_PER_FIT = 0.0007  # fixed cost of one probe fit (a batched solver's share of Python and launches)
 PROBE_FLOPS_PER_VALUE = 400.0  # FLOPs of one fit per activation value (n x d): ~100 solver iterations
 CALL_S_PER_BLOCK = 0.001  # Python and kernel launch cost of one block in one forward call
@@ -53,6 +57,7 @@ class _Work:
 
     shape: ModelShape
     flops: float = 0.0
+    attention: float = 0.0  # of which attention over the context (at ATTENTION_EFFICIENCY of the rate)
     calls: float = 0.0
 
     def blocks(
@@ -62,14 +67,17 @@ class _Work:
         average, in ``calls`` calls."""
         m = self.shape
         depth = m.n_layers if n_blocks is None else n_blocks
-        self.flops += tokens * depth * (2.0 * m.block_params + 4.0 * m.d_model * ctx)
+        self.flops += tokens * depth * 2.0 * m.block_params
+        self.attention += tokens * depth * 4.0 * m.d_model * ctx
         self.calls += calls
 
     def logits(self, positions: float) -> None:
         self.flops += positions * 2.0 * self.shape.vocab * self.shape.d_model
 
     def seconds(self, rate: float) -> float:
-        return self.flops / rate + CALL_S_PER_BLOCK * self.calls * self.shape.n_layers
+        """At ``rate`` FLOP/s for the matrix products (already scaled by :data:`EFFICIENCY`)."""
+        compute = self.flops / rate + self.attention / (rate * ATTENTION_EFFICIENCY / EFFICIENCY)
+        return compute + CALL_S_PER_BLOCK * self.calls * self.shape.n_layers
 
 
 def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -> Estimate:
