@@ -42,7 +42,7 @@ from afprobe.experiments._gaps import (
 )
 from afprobe.experiments._scoring import no_edit, score_settings
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, generate
+from afprobe.models import Backend, PrefixStore, generate
 from afprobe.scenarios import Prompt
 
 __all__ = [
@@ -213,11 +213,22 @@ def compliance_note(summary: dict[str, Any], min_gap: float) -> str:
 
 
 def logit_scores(
-    backend: Backend, items: Sequence[ScoredPrompt], *, batch_size: int = 8, progress: bool = False
+    backend: Backend,
+    items: Sequence[ScoredPrompt],
+    *,
+    batch_size: int = 8,
+    progress: bool = False,
+    prefixes: PrefixStore | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Teacher-forced log p(accept prefix) and log p(reject prefix) of every prompt, unedited."""
     s = score_settings(
-        backend, items, [no_edit], batch_size=batch_size, progress=progress, description="logit metric"
+        backend,
+        items,
+        [no_edit],
+        batch_size=batch_size,
+        progress=progress,
+        description="logit metric",
+        prefixes=prefixes,
     )
     return s.accept[0], s.reject[0]
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._scoring import score_settings
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, Edit
+from afprobe.models import Backend, Edit, PrefixStore
 
 SPAN = "from_cue"
 RESPONSE = "response"  # the accept / reject tag tokens after the prompt, where the metric is read
@@ -214,6 +214,7 @@ def exact_patching(
     max_rows: int = 64,
     share_prefix: bool = True,
     progress: bool = False,
+    prefixes: PrefixStore | None = None,
 ) -> PatchGrid:
     """Recipients' metric under each setting: paid prompts for ``denoise``, free prompts for ``noise``."""
     recipients = [b if direction == "denoise" else a for a, b in pairs]
@@ -227,6 +228,7 @@ def exact_patching(
         share_prefix=share_prefix,
         progress=progress,
         description=f"patching ({direction})",
+        prefixes=prefixes,
     )
     return PatchGrid(direction, list(settings), list(pairs), scores.metric)
 
@@ -315,6 +317,7 @@ def run_exact(
     max_rows: int,
     share_prefix: bool,
     progress: bool,
+    prefixes: PrefixStore | None = None,
 ) -> dict[str, PatchGrid]:
     """Every exact patch: named sites (and, with ``response``, the tag tokens) on all pairs; window and span sites
     on aligned pairs. Response-site patches edit the continuation, so they are scored in passes of their own (the
@@ -331,7 +334,13 @@ def run_exact(
     if subspace:
         spans += [PatchSetting(store, layer, SPAN, directions[layer]) for layer in store.span_layers]
     out: dict[str, PatchGrid] = {}
-    kw = {"batch_size": batch_size, "max_rows": max_rows, "share_prefix": share_prefix, "progress": progress}
+    kw = {
+        "batch_size": batch_size,
+        "max_rows": max_rows,
+        "share_prefix": share_prefix,
+        "progress": progress,
+        "prefixes": prefixes if prefixes is not None else PrefixStore(backend),
+    }
     for direction in ("denoise", "noise") if noising else ("denoise",):
         prompt_sites = [s for s in named if s.site != RESPONSE]
         grid = exact_patching(backend, store, pairs, prompt_sites, direction, **kw)  # type: ignore[arg-type]

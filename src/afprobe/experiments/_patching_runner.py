@@ -82,7 +82,9 @@ def _run(
         dirs = resolve_directions(s, directions, probes, pc.direction_position, pc.probe, pc.batch_size)
 
     t = time.perf_counter()
-    lp_acc, lp_rej = logit_scores(s.backend, s.items, batch_size=cfg.compliance.batch_size, progress=progress)
+    lp_acc, lp_rej = logit_scores(
+        s.backend, s.items, batch_size=cfg.compliance.batch_size, progress=progress, prefixes=s.prefixes
+    )
     clean = lp_acc - lp_rej
     kw: dict[str, Any] = {"n_boot": cfg.compliance.n_bootstrap, "ci": cfg.compliance.ci, "seed": cfg.seed}
     natural = gap_summary(clean, prompts, pairs, min_gap=pc.min_gap, **kw)
@@ -108,6 +110,7 @@ def _run(
         max_rows=pc.max_rows,
         share_prefix=pc.share_prefix,
         progress=progress,
+        prefixes=s.prefixes,
     )
     timings["exact"] = time.perf_counter() - t
     sites = named_sites(store, pc.response)
@@ -205,7 +208,15 @@ def _attribution(
     sites = named_sites(store, pc.response)
     for direction in ("denoise", "noise") if pc.noising else ("denoise",):
         est, delta_max = attribution_patching(
-            s.backend, store, pairs, [*sites, *wsites], direction, batch_size=pc.batch_size, progress=progress
+            s.backend,
+            store,
+            pairs,
+            [*sites, *wsites],
+            direction,
+            batch_size=pc.batch_size,
+            progress=progress,
+            share_prefix=pc.share_prefix,
+            prefixes=s.prefixes,
         )
         trivial = trivial_cells(delta_max, layers, [*sites, *wsites], s.lm.n_layers)
         q = len(sites)

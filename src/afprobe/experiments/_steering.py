@@ -27,7 +27,7 @@ from afprobe.experiments._gaps import pair_indices
 from afprobe.experiments._rows import RowBatch
 from afprobe.experiments._scoring import Scores, score_settings
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, Edit
+from afprobe.models import Backend, Edit, PrefixStore
 from afprobe.scenarios import EditStart
 
 SettingKind = Literal["clean", "probe", "random", "ablate", "random_ablate"]
@@ -157,6 +157,7 @@ def run_sweep(
     max_rows: int = 64,
     share_prefix: bool = True,
     progress: bool = False,
+    prefixes: PrefixStore | None = None,
 ) -> SweepResult:
     """Score every setting on every prompt, several settings per forward pass."""
     scores = score_settings(
@@ -168,6 +169,7 @@ def run_sweep(
         share_prefix=share_prefix,
         progress=progress,
         description="steering sweep",
+        prefixes=prefixes,
     )
     return SweepResult(list(settings), scores, list(items))
 

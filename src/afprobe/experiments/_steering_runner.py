@@ -95,6 +95,7 @@ class SteeringRunner(ExperimentRunner):
             max_rows=sc.max_rows,
             share_prefix=sc.share_prefix,
             progress=progress,
+            prefixes=s.prefixes,
         )
         timings["sweep"] = time.perf_counter() - t
         result = _result(cfg, s, comp, sweep, dirs, layers, strength)

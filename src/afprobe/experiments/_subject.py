@@ -4,12 +4,12 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from afprobe._io import check_out_dir
-from afprobe.models import Backend, LoadedModel, ModelConfig, load_model, make_backend
+from afprobe.models import Backend, LoadedModel, ModelConfig, PrefixStore, load_model, make_backend
 from afprobe.scenarios import (
     ACCEPT_TAG,
     POSITION_NAMES,
@@ -70,11 +70,16 @@ def prepare_prompts(
 @dataclass
 class Subject:
     """A model, the backend that runs it and the scored prompts: built once (by the pipeline, or by a runner
-    called alone) and handed to every causal runner."""
+    called alone) and handed to every causal runner. ``prefixes``: the system prompts' KV caches, computed once
+    for every pass over these prompts (the clean run, each patching grid, attribution)."""
 
     lm: LoadedModel
     backend: Backend
     items: list[ScoredPrompt]
+    prefixes: PrefixStore = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.prefixes = PrefixStore(self.backend)
 
     @property
     def prompts(self) -> list[Prompt]:
