@@ -175,6 +175,14 @@ def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
     paid = np.array([clean[p] for _, p in pairs])
     assert np.abs(grid.metric[0] - paid).max() > 1e-3  # the tag tokens carry the tier from the context
     np.testing.assert_allclose(grid.metric[1], paid, atol=1e-5)  # their embeddings are the same in both twins
+    # continuation edits run whole rows, after the stored system prompt: the same as through the whole prompt
+    prefixes = PrefixStore(b)
+    settings = [PatchSetting(store, 3, RESPONSE)]
+    shared = exact_patching(b, store, pairs, settings, "denoise", prefixes=prefixes)
+    whole = exact_patching(b, store, pairs, settings, "denoise", share_prefix=False)
+    assert prefixes.computed == 1
+    np.testing.assert_allclose(shared.metric, whole.metric, atol=1e-5)
+    np.testing.assert_allclose(shared.metric, grid.metric[:1], atol=1e-5)
 
 
 def test_attribution_is_the_first_order_term_of_exact_patching() -> None:

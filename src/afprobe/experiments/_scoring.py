@@ -35,6 +35,7 @@ from afprobe.models import (
     plan_prefixes,
     prompt_keys,
     select_cache,
+    shift_edit,
     stack_edits,
 )
 
@@ -135,10 +136,14 @@ def _score_batch(
     per_pass = max(1, max_rows // rows)
     out_acc = np.zeros((len(settings), rows // 2))
     out_rej = np.zeros((len(settings), rows // 2))
-    if not staged:
+    if not staged:  # edits in the continuation: whole rows per pass, after the stored system prompt
+        first = min((first_edited(e, seq) for block in blocks for e in block), default=seq)
+        usable = share_prefix and shared is not None and MIN_PREFIX <= len(shared[1]) <= first
         for c0 in range(0, len(settings), per_pass):
             chunk = blocks[c0 : c0 + per_pass]
-            lp = _single_pass(backend, batch, stack_edits(chunk, rows, seq), len(chunk))
+            lp = _single_pass(
+                backend, batch, stack_edits(chunk, rows, seq), len(chunk), shared if usable else None
+            )
             out_acc[c0 : c0 + len(chunk)], out_rej[c0 : c0 + len(chunk)] = lp[..., 0], lp[..., 1]
             bar.advance(task, len(chunk))
         return out_acc, out_rej
@@ -212,13 +217,30 @@ def _prompt_only(e: Edit, width: int) -> bool:
     return int(e.positions.max()) < width
 
 
-def _single_pass(backend: Backend, batch: RowBatch, edits: list[Edit], n: int) -> np.ndarray:
-    """Every row in full (prompt and continuation), ``n`` stacked copies: ``[n, B, 2]`` log-probabilities."""
+def _single_pass(
+    backend: Backend,
+    batch: RowBatch,
+    edits: list[Edit],
+    n: int,
+    shared: tuple[PrefixStore, tuple[int, ...]] | None = None,
+) -> np.ndarray:
+    """Every row in full (prompt and continuation), ``n`` stacked copies: ``[n, B, 2]`` log-probabilities. With
+    ``shared`` (a stored prefix no edit reaches into), the rows continue from its KV cache."""
+    p = len(shared[1]) if shared is not None else 0
+    kwargs: dict[str, Any] = {}
+    if shared is not None:
+        m = n * batch.n_rows
+        kwargs = {
+            "cache": shared[0].rows(shared[1], m),
+            "use_cache": True,
+            "position_ids": torch.arange(p, batch.seq_len).expand(m, -1),
+        }
     out = backend.run(
-        batch.input_ids.repeat(n, 1),
+        batch.input_ids.repeat(n, 1)[:, p:],
         batch.attention_mask.repeat(n, 1),
-        edits=edits,
-        logit_positions=batch.logit_positions.repeat(n, 1),
+        edits=[shift_edit(e, p) for e in edits],
+        logit_positions=batch.logit_positions.repeat(n, 1) - p,
+        **kwargs,
     )
     assert out.logits is not None
     lp = continuation_logprobs(out.logits, batch.targets.repeat(n, 1), batch.target_mask.repeat(n, 1))
