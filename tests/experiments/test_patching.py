@@ -160,6 +160,39 @@ def test_attribution_runs_the_shared_system_prompt_once_with_the_same_estimates(
     np.testing.assert_array_equal(d1, d2)
 
 
+def test_attribution_batches_stay_within_one_system_prompt(tiny_lm) -> None:
+    """Recipients under two system prompts: every batch continues from its own stored prompt (a batch across
+    both would run whole prompts through the backward pass), with the same estimates."""
+    from afprobe.experiments import prepare_prompts
+    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
+
+    prompts = build_pairs(builtin_requests(harmful=True)[:3], ["tag"], ["neutral", "helpful_only"])
+    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
+    b = make_backend(tiny_lm, "hooks")
+    pairs = pair_indices([it.prompt for it in items])
+    store = collect(b, items, pairs, [0, 1], ["cue", "last"], 0, [])
+    calls = []
+    run = b.run
+
+    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ids.shape))
+        return run(ids, *a, **k)
+
+    prefixes = PrefixStore(b)
+    b.run = counted  # type: ignore[method-assign]
+    shared, _ = attribution_patching(
+        b, store, pairs, ["cue", "last"], "denoise", batch_size=4, prefixes=prefixes
+    )
+    b.run = run  # type: ignore[method-assign]
+    whole, _ = attribution_patching(
+        b, store, pairs, ["cue", "last"], "denoise", batch_size=4, share_prefix=False
+    )
+    assert prefixes.computed == 2 and len(calls) == 2 + 2  # each system prompt once, then one batch each
+    batches = [width for rows, width in calls if rows > 1]  # (the stored prompts run as one row)
+    assert len(batches) == 2 and max(batches) < min(len(it.tok.input_ids) for it in items)
+    np.testing.assert_allclose(shared, whole, atol=1e-5, rtol=1e-4)
+
+
 def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
     """Patching the free run's residual stream at the tag tokens (each row its own: accept or reject) into the
     paid run changes the metric exactly as the free run would at those tokens: at the last layer the tag tokens'

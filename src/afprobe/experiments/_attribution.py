@@ -51,12 +51,15 @@ def attribution_patching(
     if share_prefix and prefixes.usable:
         limits = [_first_site(store, i) for i in recipients]
         plan = plan_prefixes([t.input_ids for t in toks], prompt_keys(toks), limits)
-    # batches within one shared prefix; ``est`` keeps the pairs' order
-    order = sorted(range(len(recipients)), key=lambda k: (tuple(toks[k].input_ids[: plan[k]]), k))
+    # batches within one shared prefix (a batch across two system prompts would run the whole prompts through
+    # the backward pass); ``est`` keeps the pairs' order
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for k in range(len(recipients)):
+        groups.setdefault(tuple(toks[k].input_ids[: plan[k]]), []).append(k)
+    batches = [g[b : b + batch_size] for g in groups.values() for b in range(0, len(g), batch_size)]
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"attribution ({direction})", total=len(recipients))
-        for b0 in range(0, len(order), batch_size):
-            cols = order[b0 : b0 + batch_size]
+        for cols in batches:
             chosen = [recipients[k] for k in cols]
             batch = make_row_batch(store.items, chosen, pad_id)
             shared = {tuple(toks[k].input_ids[: plan[k]]) for k in cols}
