@@ -62,8 +62,7 @@ def attribution_patching(
         for cols in batches:
             chosen = [recipients[k] for k in cols]
             batch = make_row_batch(store.items, chosen, pad_id)
-            shared = {tuple(toks[k].input_ids[: plan[k]]) for k in cols}
-            p = plan[cols[0]] if len(shared) == 1 else 0  # columns [0, p) come from the stored prefix
+            p = plan[cols[0]]  # columns [0, p) come from the stored prefix (one per batch, by construction)
             seq = batch.seq_len
             pos = torch.arange(seq - p)[None, :].expand(batch.n_rows, seq - p)
             leaves = {layer: torch.zeros(batch.n_rows, seq - p, d, requires_grad=True) for layer in layers}
