@@ -193,6 +193,37 @@ def test_attribution_batches_stay_within_one_system_prompt(tiny_lm) -> None:
     np.testing.assert_allclose(shared, whole, atol=1e-5, rtol=1e-4)
 
 
+def test_the_clean_pass_continues_from_the_stored_system_prompt_with_the_same_values(
+    planted_patching,
+) -> None:
+    """``collect`` runs each prompt after the stored system prompt (no kept token lies inside it) and keeps the
+    same values as whole rows from token 0, at named, window, span and response sites."""
+    b, items, pairs, _, _, _ = planted_patching
+    calls = []
+    run = b.run
+
+    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ids.shape))
+        return run(ids, *a, **k)
+
+    prefixes = PrefixStore(b)
+    b.run = counted  # type: ignore[method-assign]
+    shared = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 2, [1, 2], prefixes=prefixes)
+    b.run = run  # type: ignore[method-assign]
+    whole = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 2, [1, 2], share_prefix=False)
+    shortest = min(len(it.tok.input_ids) for it in items)
+    assert prefixes.computed == 1 and max(w for rows, w in calls if rows > 1) < shortest
+    assert shared.aligned == whole.aligned and shared.span_start == whole.span_start
+    for name in ("named", "win", "span"):
+        a, c = getattr(shared, name), getattr(whole, name)
+        assert a.keys() == c.keys() and len(a) > 0
+        for i in a:
+            np.testing.assert_allclose(a[i], c[i], atol=1e-5, rtol=1e-4)
+    for i in whole.resp:
+        for r in (0, 1):
+            np.testing.assert_allclose(shared.resp[i][r], whole.resp[i][r], atol=1e-5, rtol=1e-4)
+
+
 def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
     """Patching the free run's residual stream at the tag tokens (each row its own: accept or reject) into the
     paid run changes the metric exactly as the free run would at those tokens: at the last layer the tag tokens'

@@ -26,7 +26,7 @@ from torch import Tensor
 from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._scoring import score_settings
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, Edit, PrefixStore
+from afprobe.models import Backend, Edit, PrefixStore, plan_prefixes, prompt_keys
 
 SPAN = "from_cue"
 RESPONSE = "response"  # the accept / reject tag tokens after the prompt, where the metric is read
@@ -87,8 +87,12 @@ def collect(
     span_layers: Sequence[int],
     *,
     batch_size: int = 4,
+    prefixes: PrefixStore | None = None,
+    share_prefix: bool = True,
 ) -> PatchStore:
-    """One pass over every prompt of ``pairs``, keeping what the patches will need."""
+    """One pass over every prompt of ``pairs``, keeping what the patches will need. Tokens before the first one
+    kept (the system prompt, in practice) come from the stored KV cache of the prefix the prompts share
+    (``prefixes``, or a store of this call's own): the same values as whole rows, up to float rounding."""
     partner = {a: b for a, b in pairs} | {b: a for a, b in pairs}
     aligned = set()
     for a, b in pairs:
@@ -100,15 +104,51 @@ def collect(
     )
     read = sorted(set(layers) | set(span_layers))
     pad_id = int(backend.lm.tokenizer.pad_token_id)
+    prefixes = prefixes if prefixes is not None else PrefixStore(backend)
     order = sorted(partner)
+    toks = [items[i].tok for i in order]
+    plan = [0] * len(order)
+    if share_prefix and prefixes.usable:
+        limits = [_first_kept(store, items, i) for i in order]
+        plan = plan_prefixes([t.input_ids for t in toks], prompt_keys(toks), limits)
+    # batches within one shared prefix (each continues from its stored cache), of similar length
+    shared = {i: plan[c] for c, i in enumerate(order)}
+    order.sort(key=lambda i: (tuple(items[i].tok.input_ids[: shared[i]]), items[i].length, i))
     with torch.inference_mode():
         for b0 in range(0, len(order), batch_size):
-            batch = make_row_batch(items, order[b0 : b0 + batch_size], pad_id)
-            out = backend.run(batch.input_ids, batch.attention_mask, read_layers=read, logits=False)
+            chunk = order[b0 : b0 + batch_size]
+            p = shared[chunk[0]] if all(shared[i] == shared[chunk[0]] for i in chunk) else 0
+            batch = make_row_batch(items, chunk, pad_id)
+            if p == 0:
+                out = backend.run(batch.input_ids, batch.attention_mask, read_layers=read, logits=False)
+            else:
+                n = batch.n_rows
+                out = backend.run(
+                    batch.input_ids[:, p:],
+                    batch.attention_mask,
+                    read_layers=read,
+                    cache=prefixes.rows(items[chunk[0]].tok.input_ids[:p], n),
+                    logit_positions=torch.zeros(n, 1, dtype=torch.long),
+                    position_ids=torch.arange(p, batch.seq_len).expand(n, -1),
+                )
             h = {layer: out.resid[layer].float().cpu() for layer in read}
             for r, i in enumerate(batch.indices):
-                _keep(store, items, i, h, 2 * r, layers, positions, span_layers)
+                _keep(store, items, i, h, 2 * r, layers, positions, span_layers, p)
     return store
+
+
+def _first_kept(store: PatchStore, items: Sequence[ScoredPrompt], i: int) -> int:
+    """The first token of prompt ``i`` whose values ``collect`` keeps."""
+    tp = items[i].tok
+    first = min(tp.positions[q] for q in store.positions)
+    if i in store.aligned:
+        first = min(first, max(0, tp.positions["cue"] - store.window))
+        if store.span_layers:
+            first = min(
+                first,
+                first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"]),
+            )
+    return first
 
 
 def _keep(
@@ -120,14 +160,16 @@ def _keep(
     layers: Sequence[int],
     positions: Sequence[str],
     span_layers: Sequence[int],
+    p: int = 0,
 ) -> None:
-    """Keep prompt ``i``'s values from rows ``r`` (prompt + accept tag) and ``r + 1`` (prompt + reject tag)."""
+    """Keep prompt ``i``'s values from rows ``r`` (prompt + accept tag) and ``r + 1`` (prompt + reject tag), whose
+    columns start at token ``p`` (the rows continued from a ``p``-token cache)."""
     tp, it = items[i].tok, items[i]
     n = len(tp.input_ids)
-    idx = torch.tensor([tp.positions[p] for p in positions])
-    store.named[i] = torch.stack([h[layer][r, idx] for layer in layers])
+    idx = torch.tensor([tp.positions[q] for q in positions])
+    store.named[i] = torch.stack([h[layer][r, idx - p] for layer in layers])
     store.resp[i] = tuple(  # type: ignore[assignment]
-        torch.stack([h[layer][r + c, n : n + len(cont)] for layer in layers])
+        torch.stack([h[layer][r + c, n - p : n - p + len(cont)] for layer in layers])
         for c, cont in enumerate((it.accept, it.reject))
     )
     if i not in store.aligned:
@@ -135,11 +177,11 @@ def _keep(
     raw = torch.tensor([tp.positions["cue"] + o for o in store.offsets])
     store.win_ok[i] = (raw >= 0) & (raw < n)
     store.win_pos[i] = raw.clamp(0, n - 1)
-    store.win[i] = torch.stack([h[layer][r, store.win_pos[i]] for layer in layers])
+    store.win[i] = torch.stack([h[layer][r, store.win_pos[i] - p] for layer in layers])
     if span_layers:
         start = first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"])
         store.span_start[i] = start
-        store.span[i] = torch.stack([h[layer][r, start:n] for layer in span_layers])
+        store.span[i] = torch.stack([h[layer][r, start - p : n - p] for layer in span_layers])
 
 
 def first_difference(a: Sequence[int], b: Sequence[int], cue: int) -> int:

@@ -92,7 +92,16 @@ def _run(
     min_gap = pc.min_gap if defined else float("inf")  # no normalization without an established gap
     span_layers = [layer for layer in layers if dirs is not None and layer in dirs.vectors]
     store = collect(
-        s.backend, s.items, pairs, layers, pc.positions, pc.window, span_layers, batch_size=pc.batch_size
+        s.backend,
+        s.items,
+        pairs,
+        layers,
+        pc.positions,
+        pc.window,
+        span_layers,
+        batch_size=pc.batch_size,
+        prefixes=s.prefixes,
+        share_prefix=pc.share_prefix,
     )
     timings["clean"] = time.perf_counter() - t
 
