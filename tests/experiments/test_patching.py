@@ -224,6 +224,34 @@ def test_the_clean_pass_continues_from_the_stored_system_prompt_with_the_same_va
             np.testing.assert_allclose(shared.resp[i][r], whole.resp[i][r], atol=1e-5, rtol=1e-4)
 
 
+def test_the_clean_pass_batches_within_one_system_prompt(tiny_lm) -> None:
+    """Prompts under two system prompts in one batch size: every batch continues from its own stored prompt (a
+    batch across both would run whole prompts), with the values of whole rows."""
+    from afprobe.experiments import prepare_prompts
+    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
+
+    prompts = build_pairs(builtin_requests(harmful=True)[:2], ["tag"], ["neutral", "helpful_only"])
+    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
+    b = make_backend(tiny_lm, "hooks")
+    pairs = pair_indices([it.prompt for it in items])
+    calls = []
+    run = b.run
+
+    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ids.shape))
+        return run(ids, *a, **k)
+
+    prefixes = PrefixStore(b)
+    b.run = counted  # type: ignore[method-assign]
+    shared = collect(b, items, pairs, [0, 2], ["cue", "last"], 0, [], batch_size=8, prefixes=prefixes)
+    b.run = run  # type: ignore[method-assign]
+    whole = collect(b, items, pairs, [0, 2], ["cue", "last"], 0, [], batch_size=8, share_prefix=False)
+    assert prefixes.computed == 2 and len(calls) == 2 + 2  # each system prompt once, then one batch each
+    assert max(w for rows, w in calls if rows > 1) < min(len(it.tok.input_ids) for it in items)
+    for i in whole.named:
+        np.testing.assert_allclose(shared.named[i], whole.named[i], atol=1e-5, rtol=1e-4)
+
+
 def test_response_tokens_are_patched_site_by_site(tiny_lm, tiny_items) -> None:
     """Patching the free run's residual stream at the tag tokens (each row its own: accept or reject) into the
     paid run changes the metric exactly as the free run would at those tokens: at the last layer the tag tokens'

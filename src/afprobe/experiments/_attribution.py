@@ -20,7 +20,7 @@ from afprobe._progress import progress_bar
 from afprobe.experiments._patching import SPAN, Direction, PatchStore
 from afprobe.experiments._rows import make_row_batch
 from afprobe.experiments._scoring import continuation_logprobs
-from afprobe.models import Backend, Edit, PrefixStore, plan_prefixes, prompt_keys
+from afprobe.models import Backend, Edit, PrefixStore, plan_prefixes, prefix_batches, prompt_keys
 
 
 def attribution_patching(
@@ -53,10 +53,7 @@ def attribution_patching(
         plan = plan_prefixes([t.input_ids for t in toks], prompt_keys(toks), limits)
     # batches within one shared prefix (a batch across two system prompts would run the whole prompts through
     # the backward pass); ``est`` keeps the pairs' order
-    groups: dict[tuple[int, ...], list[int]] = {}
-    for k in range(len(recipients)):
-        groups.setdefault(tuple(toks[k].input_ids[: plan[k]]), []).append(k)
-    batches = [g[b : b + batch_size] for g in groups.values() for b in range(0, len(g), batch_size)]
+    batches = prefix_batches([t.input_ids for t in toks], plan, batch_size)
     with progress_bar(progress, transient=True) as bar:
         task = bar.add_task(f"attribution ({direction})", total=len(recipients))
         for cols in batches:

@@ -26,7 +26,7 @@ from torch import Tensor
 from afprobe.experiments._rows import RowBatch, make_row_batch
 from afprobe.experiments._scoring import score_settings
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend, Edit, PrefixStore, plan_prefixes, prompt_keys
+from afprobe.models import Backend, Edit, PrefixStore, plan_prefixes, prefix_batches, prompt_keys
 
 SPAN = "from_cue"
 RESPONSE = "response"  # the accept / reject tag tokens after the prompt, where the metric is read
@@ -111,13 +111,10 @@ def collect(
     if share_prefix and prefixes.usable:
         limits = [_first_kept(store, items, i) for i in order]
         plan = plan_prefixes([t.input_ids for t in toks], prompt_keys(toks), limits)
-    # batches within one shared prefix (each continues from its stored cache), of similar length
-    shared = {i: plan[c] for c, i in enumerate(order)}
-    order.sort(key=lambda i: (tuple(items[i].tok.input_ids[: shared[i]]), items[i].length, i))
     with torch.inference_mode():
-        for b0 in range(0, len(order), batch_size):
-            chunk = order[b0 : b0 + batch_size]
-            p = shared[chunk[0]] if all(shared[i] == shared[chunk[0]] for i in chunk) else 0
+        for cols in prefix_batches([t.input_ids for t in toks], plan, batch_size):
+            chunk = [order[c] for c in cols]
+            p = plan[cols[0]]  # columns [0, p) come from the stored prefix (one per batch)
             batch = make_row_batch(items, chunk, pad_id)
             if p == 0:
                 out = backend.run(batch.input_ids, batch.attention_mask, read_layers=read, logits=False)

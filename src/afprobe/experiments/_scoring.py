@@ -33,6 +33,7 @@ from afprobe.models import (
     fan_out_start,
     first_edited,
     plan_prefixes,
+    prefix_batches,
     prompt_keys,
     select_cache,
     shift_edit,
@@ -95,18 +96,14 @@ def score_settings(
     store = prefixes if prefixes is not None else PrefixStore(backend)
     rows = [items[i].tok.input_ids for i in idx]
     plan = plan_prefixes(rows, prompt_keys([items[i].tok for i in idx])) if share_prefix else [0] * len(idx)
-    group = {c: tuple(rows[c][: plan[c]]) for c in range(len(idx))}
-    first_of = {g: c for c, g in reversed(list(group.items()))}
     # batches within one shared prefix, of similar length: less padding, and a per-batch prefix that is nearly
     # each row's own
-    order = sorted(range(len(idx)), key=lambda c: (first_of[group[c]], items[idx[c]].length, c))
-    starts = list(range(0, len(idx), batch_size))
+    batches = prefix_batches(rows, plan, batch_size, [items[i].length for i in idx])
     with progress_bar(progress, transient=True) as bar, torch.inference_mode():
-        task = bar.add_task(description, total=len(starts) * n_set)
-        for b0 in starts:
-            cols = order[b0 : b0 + batch_size]
+        task = bar.add_task(description, total=len(batches) * n_set)
+        for cols in batches:
             batch = make_row_batch(items, [idx[c] for c in cols], pad_id)
-            shared = group[cols[0]] if all(group[c] == group[cols[0]] for c in cols) and store.usable else ()
+            shared = tuple(rows[cols[0]][: plan[cols[0]]]) if store.usable else ()
             lp_acc, lp_rej = _score_batch(
                 backend, batch, settings, max_rows, share_prefix, bar, task, (store, shared)
             )

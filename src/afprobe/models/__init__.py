@@ -26,6 +26,7 @@ from afprobe.models._prefix import (
     common_prefix_len,
     continue_mask,
     plan_prefixes,
+    prefix_batches,
     prompt_keys,
     select_cache,
 )
@@ -84,6 +85,7 @@ __all__ = [
     "make_tiny_model",
     "make_tiny_tokenizer",
     "plan_prefixes",
+    "prefix_batches",
     "prompt_keys",
     "register_backend",
     "register_model_alias",

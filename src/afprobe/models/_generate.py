@@ -38,7 +38,7 @@ from afprobe.models._backend import Backend
 from afprobe.models._batching import left_pad
 from afprobe.models._edits import Edit
 from afprobe.models._loaded import LoadedModel
-from afprobe.models._prefix import PrefixStore, continue_mask, plan_prefixes, prompt_keys
+from afprobe.models._prefix import PrefixStore, continue_mask, plan_prefixes, prefix_batches, prompt_keys
 from afprobe.scenarios import TokenizedPrompt
 
 Engine = Literal["auto", "hf", "vllm", "ndif"]
@@ -170,10 +170,7 @@ def _batches(
     """Prompt indices in batches of similar length (of equal length when nothing may be padded); with a
     shared-prefix ``plan``, each batch holds rows of one prefix only."""
     if plan is not None and any(plan):
-        by_prefix: dict[tuple[int, ...], list[int]] = {}
-        for i in sorted(range(len(rows)), key=lambda i: (len(rows[i]), i)):
-            by_prefix.setdefault(tuple(rows[i][: plan[i]]), []).append(i)
-        return [g[b : b + batch_size] for g in by_prefix.values() for b in range(0, len(g), batch_size)]
+        return prefix_batches(rows, plan, batch_size)
     order = sorted(range(len(rows)), key=lambda i: (len(rows[i]), i))
     if not equal_length:
         return [order[b : b + batch_size] for b in range(0, len(order), batch_size)]

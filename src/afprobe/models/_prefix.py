@@ -6,6 +6,7 @@ those prompts continues from a view of it.
   (rows with the same key, e.g. the same system text): the group's longest common token prefix, capped so that
   every row keeps at least one token of its own (and, with ``limits``, stops before the first token a caller must
   read or edit there).
+- :func:`prefix_batches` forms batches that each hold one prefix.
 - :class:`PrefixStore` computes the unedited KV cache of each prefix once (batch 1) and hands out views with as
   many rows as a batch needs (:func:`select_cache`); the stored cache itself is never extended.
 
@@ -69,6 +70,19 @@ def plan_prefixes(
             for i in members:
                 out[i] = p
     return out
+
+
+def prefix_batches(
+    rows: Sequence[Sequence[int]], plan: Sequence[int], batch_size: int, lengths: Sequence[int] | None = None
+) -> list[list[int]]:
+    """Row indices in batches of at most ``batch_size``, each holding rows of one shared prefix only (``plan``:
+    each row's prefix length, 0 for none) and, within it, rows of similar length (``lengths``, default the rows'
+    own): a batch across two prefixes would have to run its rows whole."""
+    size = [len(r) for r in rows] if lengths is None else list(lengths)
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in sorted(range(len(rows)), key=lambda i: (size[i], i)):
+        groups.setdefault(tuple(rows[i][: plan[i]]), []).append(i)
+    return [g[b : b + batch_size] for g in groups.values() for b in range(0, len(g), batch_size)]
 
 
 def prompt_keys(prompts: Sequence[Any]) -> list[Hashable] | None:
