@@ -149,6 +149,27 @@ def test_generated_responses_are_classified(tiny_lm, tiny_items) -> None:
     assert "Generated compliance" in res.summary["note"] or "could be classified" in res.summary["note"]
 
 
+def test_responses_are_decoded_in_batches_of_generate_batch_size(tiny_lm, tiny_items) -> None:
+    """``generate_batch_size`` sets how many prompts decode together (the same responses as narrower batches)."""
+    import afprobe.experiments._compliance as comp
+
+    sizes = []
+    real = comp.generate
+
+    def spy(*a, **k):  # type: ignore[no-untyped-def]
+        sizes.append(k["batch_size"])
+        return real(*a, **k)
+
+    b = make_backend(tiny_lm, "hooks")
+    comp.generate = spy  # type: ignore[assignment]
+    try:
+        wide = measure_compliance(b, tiny_items, ComplianceConfig(max_new_tokens=4, generate_batch_size=16))
+        narrow = measure_compliance(b, tiny_items, ComplianceConfig(max_new_tokens=4, batch_size=2))
+    finally:
+        comp.generate = real  # type: ignore[assignment]
+    assert sizes == [16, 2] and wide.responses == narrow.responses
+
+
 def test_too_few_requests_is_not_significant() -> None:
     lm = make_planted()
     items = toy_items(lm, n_requests=1)

@@ -256,7 +256,7 @@ def measure_compliance(
             temperature=cfg.temperature,
             seed=seed,
             use_cache=cfg.use_cache,
-            batch_size=cfg.batch_size,
+            batch_size=cfg.generate_batch_size or cfg.batch_size,
             progress=progress,
         )
         tok = backend.lm.tokenizer

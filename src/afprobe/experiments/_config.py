@@ -22,6 +22,9 @@ class ComplianceConfig(StrictModel):
 
     batch_size: int = Field(default=8, ge=1)
     generate: bool = True
+    generate_batch_size: int | None = Field(
+        default=None, ge=1, description="prompts decoded together (None: batch_size)"
+    )
     max_new_tokens: int = Field(default=64, ge=1)
     sample: bool = False
     temperature: float = Field(default=1.0, gt=0)

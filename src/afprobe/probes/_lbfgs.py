@@ -130,7 +130,7 @@ def fit_logistic_lbfgs(
     mean, inv_sd = _standardization(Xc, mu, w, standardize)
     v, c, gamma, n_iter = None, None, None, 0
     Xp = Xc.to(torch.bfloat16) if fast_products else Xc
-    pre = _preconditioner(Xp, w, mean, inv_sd, C, min(precondition, n // 4, d // 4))
+    pre = _preconditioner(Xp, w, mean, inv_sd, C, min(precondition, n // 16, d // 4))  # k/n: its cost
     if fast_products:
         rough = _LBFGS(Xp, y, w, mean, inv_sd, C, memory, pre=pre)
         v, c, n_iter = rough.run(max_iter, tol)
