@@ -89,7 +89,7 @@ def test_bfloat16_products_meet_the_same_stopping_rule() -> None:
     assert float(agree) > 0.99
 
 
-def test_preconditioning_keeps_the_optimum_and_cuts_the_iterations() -> None:
+def test_preconditioning_keeps_the_optimum_and_cuts_the_iterations(monkeypatch: pytest.MonkeyPatch) -> None:
     """Activations with a few directions of large variance (a low-rank nuisance, as requests and formats make
     them): iterating in coordinates where those directions have scale 1 reaches the same coefficients in fewer
     iterations."""
@@ -99,6 +99,9 @@ def test_preconditioning_keeps_the_optimum_and_cuts_the_iterations() -> None:
     y = rng.integers(0, 2, n)
     X = torch.tensor(nuisance + rng.normal(size=(n, d)) + 0.3 * np.outer(2 * y - 1, rng.normal(size=d)))
     Y = torch.tensor(np.stack([y, rng.permutation(y)])).double()
+    import afprobe.probes._lbfgs as lbfgs
+
+    monkeypatch.setattr(lbfgs, "PRECONDITION_MIN_ROWS", n)  # (the default starts at 4,000 rows)
     pre = fit_logistic_lbfgs(X, Y, tol=1e-9, max_iter=5000)
     plain = fit_logistic_lbfgs(X, Y, tol=1e-9, max_iter=5000, precondition=0)
     torch.testing.assert_close(pre.coef, plain.coef, atol=1e-5, rtol=1e-4)

@@ -8,7 +8,7 @@ once (``[B, d] @ X^T`` and ``G @ X``), which a CPU or GPU runs near peak, where 
 memory-bound matrix-vector products per problem per iteration. It iterates in preconditioned coordinates: the
 directions of largest variance of activations (requests, formats, outlier features) would otherwise set the
 condition number, and scaling them to 1 (:func:`_preconditioner`, a randomized SVD shared by every problem) cuts
-the iterations about 2x on the probe benchmark's synthetic activations and up to 12x on a steeper spectrum
+the CPU time about 2x on the probe benchmark's synthetic activations (from 4,000 rows on; below, it costs more than it saves) and up to 12x on a steeper spectrum
 (tests/probes/test_lbfgs.py), to the same optimum. The shared-kernel Newton solver
 (:func:`afprobe.probes._shared.fit_logistic_shared`) works in the span of the training rows: exact and cheapest
 while ``n`` is small next to ``d`` (the embedded model's caches), but its ``n x n`` kernels and their
@@ -41,6 +41,10 @@ _NEWTON_STEPS = 8
 _LBFGS_ITERS = 200
 LBFGS_MEMORY = 10  # steps kept per problem
 PRECONDITION_RANK = 256  # directions of largest variance the iterations are preconditioned on
+# from this many rows on (measured on the growth benchmark's shapes, one CPU thread: 2x fewer CPU seconds at 4,000 x
+# 4,096, 1.3-1.4x at 10,000-20,000 x 1,024, none at 3,000 x 1,024, and 1.4-4x more at 1,000 rows, where the
+# training rows are separable and the Hessian at the optimum is far below its estimate at p = 1/2)
+PRECONDITION_MIN_ROWS = 4000
 _NEWTON_SMALL = 2e10
 
 
@@ -110,7 +114,8 @@ def fit_logistic_lbfgs(
     float32 speed on a CPU with AVX512-BF16), then check every problem's gradient in the dtype of ``X`` and continue
     there until it meets ``tol``, so the answer meets the same stopping rule as without.
 
-    ``precondition``: iterate in coordinates where the ``precondition`` directions of largest variance of the
+    ``precondition`` (used from ``PRECONDITION_MIN_ROWS`` rows on): iterate in coordinates where the
+    ``precondition`` directions of largest variance of the
     standardized ``X`` (a randomized SVD, shared by every problem) have the Hessian's scale of 1, a change of
     variables that leaves the optimum and the stopping rule as they are (checked on the coefficients of the
     problem itself) but removes the large directions of activations (the request and format effects, a few
@@ -130,7 +135,10 @@ def fit_logistic_lbfgs(
     mean, inv_sd = _standardization(Xc, mu, w, standardize)
     v, c, gamma, n_iter = None, None, None, 0
     Xp = Xc.to(torch.bfloat16) if fast_products else Xc
-    pre = _preconditioner(Xp, w, mean, inv_sd, C, min(precondition, n // 16, d // 4))  # k/n: its cost
+    k = (
+        min(precondition, n // 16, d // 4) if n >= PRECONDITION_MIN_ROWS else 0
+    )  # k / n: its cost per iteration
+    pre = _preconditioner(Xp, w, mean, inv_sd, C, k)
     if fast_products:
         rough = _LBFGS(Xp, y, w, mean, inv_sd, C, memory, pre=pre)
         v, c, n_iter = rough.run(max_iter, tol)
