@@ -5,11 +5,12 @@ permutation draws, the inner folds of nested selection) and one fit on all rows,
 differing only in labels and row weights (0 outside the training fold). Batched L-BFGS
 (:func:`fit_logistic_lbfgs`) spends each iteration in two matrix products of ``X`` with every problem's vector at
 once (``[B, d] @ X^T`` and ``G @ X``), which a CPU or GPU runs near peak, where a loop of scikit-learn fits makes two
-memory-bound matrix-vector products per problem per iteration. It iterates in preconditioned coordinates: the
-directions of largest variance of activations (requests, formats, outlier features) would otherwise set the
-condition number, and scaling them to 1 (:func:`_preconditioner`, a randomized SVD shared by every problem) cuts
-the CPU time about 2x on the probe benchmark's synthetic activations (from 4,000 rows on; below, it costs more than it saves) and up to 12x on a steeper spectrum
-(tests/probes/test_lbfgs.py), to the same optimum. The shared-kernel Newton solver
+memory-bound matrix-vector products per problem per iteration. From 4,000 rows on it iterates in preconditioned
+coordinates: the directions of largest variance of activations (requests, formats, outlier features) would
+otherwise set the condition number, and scaling them to 1 (:func:`_preconditioner`, a randomized SVD shared by
+every problem) halves the CPU time on the probe benchmark's synthetic activations and cuts the iterations 12x on
+a steeper spectrum (tests/probes/test_lbfgs.py), to the same optimum; with fewer rows it costs more than it
+saves. The shared-kernel Newton solver
 (:func:`afprobe.probes._shared.fit_logistic_shared`) works in the span of the training rows: exact and cheapest
 while ``n`` is small next to ``d`` (the embedded model's caches), but its ``n x n`` kernels and their
 factorizations grow as ``n^2`` and ``n^3``; with more rows than features Newton needs a ``d x d`` Hessian per
