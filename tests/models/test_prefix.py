@@ -95,19 +95,43 @@ def test_metric_same_with_and_without_the_store(tiny_lm, subject) -> None:
     assert not np.allclose(got.accept[0], got.accept[1])  # the edit did something
 
 
-def test_cache_same_with_and_without_the_store(tiny_lm, subject, tmp_path: Path) -> None:
+@pytest.mark.parametrize("batch_size", [4, 24])
+def test_cache_same_with_and_without_the_store(
+    tiny_lm, subject, tmp_path: Path, batch_size: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same numbers; with every prompt in one batch, the rows of each system prompt run in one pass (they are
+    not neighbours in the file: each request's prompts alternate system prompts)."""
+    import afprobe.activations._runner as runner_mod
+
+    passes: list[int] = []
+    real = runner_mod.make_backend
+
+    def counting(lm):  # type: ignore[no-untyped-def]
+        b = real(lm)
+        run = b.run
+
+        def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+            passes.append(ids.shape[0])
+            return run(ids, *a, **k)
+
+        b.run = counted  # type: ignore[method-assign]
+        return b
+
+    monkeypatch.setattr(runner_mod, "make_backend", counting)
     out = {}
     for share in (True, False):
+        passes.clear()
         runner = CacheRunner(
-            CacheRunConfig(cache=CacheConfig(batch_size=4, share_prefix=share)), progress=False
+            CacheRunConfig(cache=CacheConfig(batch_size=batch_size, share_prefix=share)), progress=False
         )
         path = runner.run(tmp_path / f"{share}.h5", lm=tiny_lm, prompts=subject.toks)
         with ActivationReader(path) as r:
             out[share] = np.asarray(r.resid[()])
         if share:
-            assert runner.prefix_store is not None and 0 < runner.prefix_store.computed <= n_systems(
-                subject.toks
-            )
+            assert runner.prefix_store is not None
+            assert 0 < runner.prefix_store.computed <= n_systems(subject.toks)
+            if batch_size == len(subject.toks):  # one pass per system prompt, after its stored prefix
+                assert len([n for n in passes if n > 1]) == n_systems(subject.toks)
     np.testing.assert_allclose(out[True], out[False], atol=1e-4)
 
 

@@ -200,28 +200,31 @@ class CacheRunner:
 
                 def step(a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host, plan=plan) -> None:
                     with torch.inference_mode():
-                        for c, d in _runs(plan, a, b, ids):  # rows c:d share one prefix (or none)
-                            p = plan[c]
+                        for rows in _groups(plan, a, b, ids):  # rows that share one prefix (or none)
+                            idx, p, n = torch.tensor(rows), plan[rows[0]], len(rows)
+                            w = int(mask[idx].sum(1).max())  # the group's own width (less padding)
+                            at = pos_dev[idx.to(pos_dev.device)]
                             if p == 0:
                                 out = backend.run(
-                                    ids[c:d],
-                                    mask[c:d],
+                                    ids[idx, :w],
+                                    mask[idx, :w],
                                     read_layers=layers,
-                                    read_positions=pos_dev[c:d],
+                                    read_positions=at,
                                     logits=False,
                                 )
                             else:
                                 out = backend.run(
-                                    ids[c:d, p:],
-                                    continue_mask(p, mask[c:d, p:]),
+                                    ids[idx, p:w],
+                                    continue_mask(p, mask[idx, p:w]),
                                     read_layers=layers,
-                                    read_positions=pos_dev[c:d] - p,
-                                    cache=prefixes.rows(ids[c, :p].tolist(), d - c),
-                                    logit_positions=torch.zeros(d - c, 1, dtype=torch.long),
-                                    position_ids=torch.arange(p, ids.shape[1]).expand(d - c, -1),
+                                    read_positions=at - p,
+                                    cache=prefixes.rows(ids[rows[0], :p].tolist(), n),
+                                    logit_positions=torch.zeros(n, 1, dtype=torch.long),
+                                    position_ids=torch.arange(p, w).expand(n, -1),
                                 )
                             for j, layer in enumerate(layers):
-                                pipe.copy_into(host[j, c:d], out.resid[layer])
+                                for dst, src, k in _segments(rows):
+                                    pipe.copy_into(host[j, dst : dst + k], out.resid[layer][src : src + k])
 
                 sub.run(len(batch), step)
                 pipe.submit(len(batch), (start, ids.numpy(), mask.sum(1).numpy(), pos.numpy()))
@@ -288,14 +291,23 @@ class _HDF5Sink:
         self.writer.write_batch(start, resid, ids, lengths, pos)
 
 
-def _runs(plan: list[int], a: int, b: int, ids: torch.Tensor) -> list[tuple[int, int]]:
-    """Rows ``a:b`` cut into runs of consecutive rows that share one prefix (the same length and tokens)."""
-    out: list[tuple[int, int]] = []
-    c = a
-    for i in range(a + 1, b + 1):
-        if i == b or plan[i] != plan[c] or not torch.equal(ids[i, : plan[c]], ids[c, : plan[c]]):
-            out.append((c, i))
-            c = i
+def _groups(plan: list[int], a: int, b: int, ids: torch.Tensor) -> list[list[int]]:
+    """Rows ``a:b`` grouped by the prefix they share (the same length and tokens), each group in row order: a batch
+    of prompts under several system prompts runs one pass per system prompt, not one per run of neighbours."""
+    groups: dict[tuple[int, ...], list[int]] = {}
+    for i in range(a, b):
+        groups.setdefault(tuple(ids[i, : plan[i]].tolist()), []).append(i)
+    return list(groups.values())
+
+
+def _segments(rows: list[int]) -> list[tuple[int, int, int]]:
+    """``(first row, first position in rows, count)`` of each run of consecutive rows in ``rows``."""
+    out: list[tuple[int, int, int]] = []
+    for k, r in enumerate(rows):
+        if out and out[-1][0] + out[-1][2] == r:
+            out[-1] = (out[-1][0], out[-1][1], out[-1][2] + 1)
+        else:
+            out.append((r, k, 1))
     return out
 
 
