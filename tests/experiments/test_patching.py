@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import pytest
 
@@ -24,6 +26,33 @@ from afprobe.models import PrefixStore, make_backend
 from afprobe.scenarios import POSITION_NAMES
 
 from .conftest import make_planted, toy_items
+
+
+@contextmanager
+def counted_passes(b):  # type: ignore[no-untyped-def]
+    """The ``(rows, width)`` of every forward pass ``b`` runs inside the block."""
+    calls: list[tuple[int, ...]] = []
+    run = b.run
+
+    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ids.shape))
+        return run(ids, *a, **k)
+
+    b.run = counted
+    try:
+        yield calls
+    finally:
+        b.run = run
+
+
+def two_system_prompts(tiny_lm, n_requests: int):  # type: ignore[no-untyped-def]
+    """The tag-cue pairs of ``n_requests`` requests under the neutral and the helpful-only system prompt."""
+    from afprobe.experiments import prepare_prompts
+    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
+
+    prompts = build_pairs(builtin_requests(harmful=True)[:n_requests], ["tag"], ["neutral", "helpful_only"])
+    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
+    return make_backend(tiny_lm, "hooks"), items, pair_indices([it.prompt for it in items])
 
 
 def _clean(b, items) -> np.ndarray:
@@ -163,27 +192,13 @@ def test_attribution_runs_the_shared_system_prompt_once_with_the_same_estimates(
 def test_attribution_batches_stay_within_one_system_prompt(tiny_lm) -> None:
     """Recipients under two system prompts: every batch continues from its own stored prompt (a batch across
     both would run whole prompts through the backward pass), with the same estimates."""
-    from afprobe.experiments import prepare_prompts
-    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
-
-    prompts = build_pairs(builtin_requests(harmful=True)[:3], ["tag"], ["neutral", "helpful_only"])
-    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
-    b = make_backend(tiny_lm, "hooks")
-    pairs = pair_indices([it.prompt for it in items])
+    b, items, pairs = two_system_prompts(tiny_lm, 3)
     store = collect(b, items, pairs, [0, 1], ["cue", "last"], 0, [])
-    calls = []
-    run = b.run
-
-    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
-        calls.append(tuple(ids.shape))
-        return run(ids, *a, **k)
-
     prefixes = PrefixStore(b)
-    b.run = counted  # type: ignore[method-assign]
-    shared, _ = attribution_patching(
-        b, store, pairs, ["cue", "last"], "denoise", batch_size=4, prefixes=prefixes
-    )
-    b.run = run  # type: ignore[method-assign]
+    with counted_passes(b) as calls:
+        shared, _ = attribution_patching(
+            b, store, pairs, ["cue", "last"], "denoise", batch_size=4, prefixes=prefixes
+        )
     whole, _ = attribution_patching(
         b, store, pairs, ["cue", "last"], "denoise", batch_size=4, share_prefix=False
     )
@@ -199,17 +214,9 @@ def test_the_clean_pass_continues_from_the_stored_system_prompt_with_the_same_va
     """``collect`` runs each prompt after the stored system prompt (no kept token lies inside it) and keeps the
     same values as whole rows from token 0, at named, window, span and response sites."""
     b, items, pairs, _, _, _ = planted_patching
-    calls = []
-    run = b.run
-
-    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
-        calls.append(tuple(ids.shape))
-        return run(ids, *a, **k)
-
     prefixes = PrefixStore(b)
-    b.run = counted  # type: ignore[method-assign]
-    shared = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 2, [1, 2], prefixes=prefixes)
-    b.run = run  # type: ignore[method-assign]
+    with counted_passes(b) as calls:
+        shared = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 2, [1, 2], prefixes=prefixes)
     whole = collect(b, items, pairs, [0, 1, 2], list(POSITION_NAMES), 2, [1, 2], share_prefix=False)
     shortest = min(len(it.tok.input_ids) for it in items)
     assert prefixes.computed == 1 and max(w for rows, w in calls if rows > 1) < shortest
@@ -227,24 +234,10 @@ def test_the_clean_pass_continues_from_the_stored_system_prompt_with_the_same_va
 def test_the_clean_pass_batches_within_one_system_prompt(tiny_lm) -> None:
     """Prompts under two system prompts in one batch size: every batch continues from its own stored prompt (a
     batch across both would run whole prompts), with the values of whole rows."""
-    from afprobe.experiments import prepare_prompts
-    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
-
-    prompts = build_pairs(builtin_requests(harmful=True)[:2], ["tag"], ["neutral", "helpful_only"])
-    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
-    b = make_backend(tiny_lm, "hooks")
-    pairs = pair_indices([it.prompt for it in items])
-    calls = []
-    run = b.run
-
-    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
-        calls.append(tuple(ids.shape))
-        return run(ids, *a, **k)
-
+    b, items, pairs = two_system_prompts(tiny_lm, 2)
     prefixes = PrefixStore(b)
-    b.run = counted  # type: ignore[method-assign]
-    shared = collect(b, items, pairs, [0, 2], ["cue", "last"], 0, [], batch_size=8, prefixes=prefixes)
-    b.run = run  # type: ignore[method-assign]
+    with counted_passes(b) as calls:
+        shared = collect(b, items, pairs, [0, 2], ["cue", "last"], 0, [], batch_size=8, prefixes=prefixes)
     whole = collect(b, items, pairs, [0, 2], ["cue", "last"], 0, [], batch_size=8, share_prefix=False)
     assert prefixes.computed == 2 and len(calls) == 2 + 2  # each system prompt once, then one batch each
     assert max(w for rows, w in calls if rows > 1) < min(len(it.tok.input_ids) for it in items)
