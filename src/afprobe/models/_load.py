@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -38,20 +39,30 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
         kwargs["gguf_file"] = src.gguf_file
     if cfg.revision:
         kwargs["revision"] = cfg.revision
-    where = src.where
     converted = (
         converted_dir(Path(src.where) / src.gguf_file) if src.gguf_file and src.keep_converted else None
     )
+
+    def load(where: str, kw: dict[str, Any]) -> tuple[Any, Any]:
+        tok = AutoTokenizer.from_pretrained(where, **kw)
+        return tok, AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map, **kw)
+
+    loaded = None
     if converted is not None and (converted / "config.json").is_file():
-        where, kwargs = str(converted), {k: v for k, v in kwargs.items() if k != "gguf_file"}
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(where, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(where, dtype=dtype, device_map=cfg.device_map, **kwargs)
-        if converted is not None and where == src.where:
-            _keep_converted(model, tokenizer, converted)
-    except Exception as e:  # a model the user named: whatever the loader trips on is about that model's files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise AfprobeError(f"could not load model {cfg.name!r} ({src.description}): {first}") from None
+        with contextlib.suppress(Exception):  # unreadable (another transformers version?): from the GGUF
+            loaded = load(str(converted), {k: v for k, v in kwargs.items() if k != "gguf_file"})
+    if loaded is None:
+        try:
+            loaded = load(src.where, kwargs)
+        except Exception as e:  # a model the user named: whatever the loader trips on is about its files
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise AfprobeError(f"could not load model {cfg.name!r} ({src.description}): {first}") from None
+        if converted is not None:
+            with contextlib.suppress(
+                OSError
+            ):  # a read-only or full cache: the next load reads the GGUF again
+                _keep_converted(loaded[1], loaded[0], converted)
+    tokenizer, model = loaded
     if cfg.device_map is None:
         model = model.to(device)
     if cfg.adapter:
