@@ -202,7 +202,9 @@ class CacheRunner:
                     with torch.inference_mode():
                         for rows in _groups(plan, a, b, ids):  # rows that share one prefix (or none)
                             idx, p, n = torch.tensor(rows), plan[rows[0]], len(rows)
-                            w = int(mask[idx].sum(1).max())  # the group's own width (less padding)
+                            w = ids.shape[
+                                1
+                            ]  # the batch's width: a sub-batch after an OOM gives the same bits
                             at = pos_dev[idx.to(pos_dev.device)]
                             if p == 0:
                                 out = backend.run(

