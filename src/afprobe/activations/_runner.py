@@ -197,14 +197,21 @@ class CacheRunner:
                 host = pipe.buffer()
 
                 plan = shared[start : start + bs]
+                # each prefix group's width in the whole batch (less padding; a sub-batch after an out-of-memory
+                # keeps the widths, and so gives the same bits)
+                widths = {
+                    i: int(mask[rows].sum(1).max())
+                    for rows in _groups(plan, 0, len(batch), ids)
+                    for i in rows
+                }
 
-                def step(a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host, plan=plan) -> None:
+                def step(
+                    a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host, plan=plan, widths=widths
+                ) -> None:
                     with torch.inference_mode():
                         for rows in _groups(plan, a, b, ids):  # rows that share one prefix (or none)
                             idx, p, n = torch.tensor(rows), plan[rows[0]], len(rows)
-                            w = ids.shape[
-                                1
-                            ]  # the batch's width: a sub-batch after an OOM gives the same bits
+                            w = widths[rows[0]]
                             at = pos_dev[idx.to(pos_dev.device)]
                             if p == 0:
                                 out = backend.run(
