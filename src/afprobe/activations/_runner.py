@@ -197,21 +197,28 @@ class CacheRunner:
                 host = pipe.buffer()
 
                 plan = shared[start : start + bs]
-                # each prefix group's width in the whole batch (less padding; a sub-batch after an out-of-memory
-                # keeps the widths, and so gives the same bits)
-                widths = {
-                    i: int(mask[rows].sum(1).max())
-                    for rows in _groups(plan, 0, len(batch), ids)
-                    for i in rows
-                }
+                # the batch's prefix groups and each one's width in the whole batch (less padding; a sub-batch
+                # after an out-of-memory keeps the widths, and so gives the same bits)
+                groups = _groups(plan, ids)
+                widths = {rows[0]: int(mask[rows].sum(1).max()) for rows in groups}
 
                 def step(
-                    a: int, b: int, ids=ids, mask=mask, pos_dev=pos_dev, host=host, plan=plan, widths=widths
+                    a: int,
+                    b: int,
+                    ids=ids,
+                    mask=mask,
+                    pos_dev=pos_dev,
+                    host=host,
+                    plan=plan,
+                    groups=groups,
+                    widths=widths,
                 ) -> None:
                     with torch.inference_mode():
-                        for rows in _groups(plan, a, b, ids):  # rows that share one prefix (or none)
-                            idx, p, n = torch.tensor(rows), plan[rows[0]], len(rows)
-                            w = widths[rows[0]]
+                        for group in groups:  # rows that share one prefix (or none)
+                            rows = [i for i in group if a <= i < b]
+                            if not rows:
+                                continue
+                            idx, p, n, w = torch.tensor(rows), plan[rows[0]], len(rows), widths[group[0]]
                             at = pos_dev[idx.to(pos_dev.device)]
                             if p == 0:
                                 out = backend.run(
@@ -300,11 +307,12 @@ class _HDF5Sink:
         self.writer.write_batch(start, resid, ids, lengths, pos)
 
 
-def _groups(plan: list[int], a: int, b: int, ids: torch.Tensor) -> list[list[int]]:
-    """Rows ``a:b`` grouped by the prefix they share (the same length and tokens), each group in row order: a batch
-    of prompts under several system prompts runs one pass per system prompt, not one per run of neighbours."""
+def _groups(plan: list[int], ids: torch.Tensor) -> list[list[int]]:
+    """The batch's rows grouped by the prefix they share (the same length and tokens), each group in row order: a
+    batch of prompts under several system prompts runs one pass per system prompt, not one per run of
+    neighbours."""
     groups: dict[tuple[int, ...], list[int]] = {}
-    for i in range(a, b):
+    for i in range(len(plan)):
         groups.setdefault(tuple(ids[i, : plan[i]].tolist()), []).append(i)
     return list(groups.values())
 
