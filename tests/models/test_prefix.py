@@ -13,6 +13,7 @@ import torch
 from afprobe.activations import ActivationReader, CacheConfig, CacheRunConfig, CacheRunner
 from afprobe.experiments import make_subject, no_edit, score_settings
 from afprobe.models import Edit, PrefixStore, generate, make_backend, plan_prefixes
+from afprobe.models._attention import SharedPrefixLayer, materialize_shared
 from afprobe.scenarios import ScenarioConfig, build_scenario
 
 
@@ -53,6 +54,7 @@ def test_store_cuts_and_continues(tiny_lm) -> None:
     cont = store2.rows(toks, 1)  # continued from the stored 40-token prefix
     assert store2.computed == 2
     for got, n in ((long, 60), (short, 40), (cont, 60)):
+        got = materialize_shared(got)  # the one stored row, as a plain cache
         for layer in range(len(full.layers)):
             ref = full.layers[layer].keys[..., :n, :]
             assert torch.allclose(got.layers[layer].keys[:1], ref, atol=1e-5)
@@ -136,17 +138,17 @@ def test_cache_same_with_and_without_the_store(
 
 
 def test_store_hands_out_views_and_stays_intact(tiny_lm, subject) -> None:
-    """The stored prefix is shared as an expanded view (no per-batch copy of a long prefix), and the batches
-    that continue from it (a single-pass metric: stage A starts where the stored prefix ends) leave it as it
-    was; the numbers match the whole rows run without a store."""
+    """The stored prefix is handed out as one row every row of the batch shares (no per-batch copy of a long
+    prefix), and the batches that continue from it (a single-pass metric: stage A starts where the stored
+    prefix ends) leave it as it was; the numbers match the whole rows run without a store."""
     b = make_backend(tiny_lm)
     store = PrefixStore(b)
     toks = torch.randint(3, 250, (50,)).tolist()
     rows = store.rows(toks, 3)
     stored = store._caches[tuple(toks)]
     for got, ref in zip(rows.layers, stored.layers, strict=True):
-        assert got.keys.shape[0] == 3 and got.keys.stride(0) == 0
-        assert got.keys.data_ptr() == ref.keys.data_ptr()
+        assert isinstance(got, SharedPrefixLayer) and got.rows == 3 and got.own_length == 0
+        assert got.prefix_keys.shape[0] == 1 and got.prefix_keys.data_ptr() == ref.keys.data_ptr()
     before = [layer.keys.clone() for layer in stored.layers]
     got = score_settings(b, subject.items, [no_edit], batch_size=4, prefixes=store)
     whole = score_settings(b, subject.items, [no_edit], batch_size=4, share_prefix=False)

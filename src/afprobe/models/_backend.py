@@ -20,6 +20,7 @@ from jaxtyping import Int
 from torch import Tensor, nn
 
 from afprobe._errors import AfprobeError
+from afprobe.models._attention import materialize_shared, takes_shared_prefix
 from afprobe.models._edits import Edit, gather_positions
 from afprobe.models._loaded import LoadedModel
 from afprobe.models._registry import BACKENDS
@@ -206,7 +207,8 @@ def cache_kwargs(model: nn.Module, cache: dict[str, Any]) -> dict[str, Any]:
         return {**out, "use_cache": False}
     params = inspect.signature(model.forward).parameters
     key = "cache" if "cache" in params else "past_key_values"
-    return {**out, "use_cache": True, key: cache["cache"]}
+    kv = cache["cache"] if takes_shared_prefix(model) else materialize_shared(cache["cache"])
+    return {**out, "use_cache": True, key: kv}
 
 
 def output_cache(result: Any) -> Any:

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from afprobe._errors import AfprobeError
-from afprobe.models._attention import use_cpu_gqa
+from afprobe.models._attention import use_cpu_gqa, use_prefix_attention
 from afprobe.models._config import ModelConfig
 
 
@@ -65,6 +65,7 @@ def wrap_model(
     model.eval()
     model.requires_grad_(False)
     use_cpu_gqa()
+    use_prefix_attention()
     if getattr(tokenizer, "pad_token_id", None) is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

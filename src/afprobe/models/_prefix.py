@@ -24,6 +24,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from afprobe.models._attention import DynamicLayer, SharedPrefixLayer, materialize_shared
 from afprobe.models._backend import Backend
 
 MIN_PREFIX = 32  # shorter shared prefixes are not worth a separate pass
@@ -121,6 +122,14 @@ def select_cache(
     new = copy.copy(cache)
     new.layers = [copy.copy(layer) for layer in cache.layers]
     for i, layer in enumerate(new.layers):
+        if SharedPrefixLayer is not None and isinstance(layer, SharedPrefixLayer):
+            new.layers[i] = _select_shared(layer, pick(i).to(layer.device), length)
+            continue
+        shared = _shared_row(layer, pick(i))
+        if shared is not None:  # one row for all: kept once, not once per row (models/_attention.py)
+            keys, values = cut(layer.keys[shared : shared + 1]), cut(layer.values[shared : shared + 1])
+            new.layers[i] = SharedPrefixLayer(keys, values, int(pick(i).numel()))
+            continue
         if type(layer) in _VIEW_SAFE and getattr(layer, "keys", None) is not None and layer.keys.numel() > 0:
             idx = pick(i).to(layer.keys.device)
             layer.keys, layer.values = _gather_rows(layer.keys, idx), _gather_rows(layer.values, idx)
@@ -129,6 +138,30 @@ def select_cache(
         if length is not None and getattr(layer, "keys", None) is not None:
             layer.keys, layer.values = cut(layer.keys), cut(layer.values)
     return new
+
+
+def _select_shared(layer: Any, rows: Tensor, length: int | None) -> Any:
+    """The rows ``rows`` of a :class:`SharedPrefixLayer` (its prefix stays the one shared row), cut to its first
+    ``length`` tokens when given."""
+    pk, pv, keys, values = layer.prefix_keys, layer.prefix_values, layer.keys, layer.values
+    p = int(pk.shape[-2])
+    if length is not None and length <= p:
+        return SharedPrefixLayer(pk[..., :length, :], pv[..., :length, :], int(rows.numel()))
+    if layer.own_length:
+        keys, values = _gather_rows(keys, rows), _gather_rows(values, rows)
+        if length is not None:
+            keys, values = keys[..., : length - p, :], values[..., : length - p, :]
+    return SharedPrefixLayer(pk, pv, int(rows.numel()), keys, values)
+
+
+def _shared_row(layer: Any, rows: Tensor) -> int | None:
+    """The one row ``rows`` repeats, where a plain dynamic layer can hand it out as a shared prefix row."""
+    if SharedPrefixLayer is None or type(layer) is not DynamicLayer or rows.numel() == 0:
+        return None
+    if getattr(layer, "keys", None) is None or layer.keys.numel() == 0:
+        return None
+    first = int(rows[0])
+    return first if bool((rows == first).all()) else None
 
 
 def _gather_rows(t: Tensor, rows: Tensor) -> Tensor:
@@ -208,8 +241,8 @@ class PrefixStore:
                     torch.tensor([tokens], dtype=torch.long), use_cache=True, logit_positions=zero
                 )
         self.computed += 1
-        self._caches[tokens] = out.cache
-        return out.cache, None
+        self._caches[tokens] = materialize_shared(out.cache)  # one plain row, handed out as a shared one
+        return self._caches[tokens], None
 
     def rows(self, tokens: Sequence[int], n: int) -> Any:
         """A fresh cache of the prefix ``tokens`` with ``n`` identical rows (for a batch to continue from)."""
