@@ -251,8 +251,8 @@ def reserve(cache: Any, extra: int) -> Any:
     A dynamic cache concatenates each step's keys and values onto copies of everything cached, so generating
     ``n`` tokens after a ``P``-token prompt copies ``n x P`` cached positions per layer (for a 4,000-token system
     prompt, more time than the attention). A reserved layer writes each step's token into its buffer in place
-    and hands attention a view of the filled part. Other layer types (sliding windows, static caches) are left
-    alone."""
+    and hands attention a view of the filled part. Other layer types (sliding windows, static caches, and a
+    shared prefix row, ``SharedPrefixLayer``, which concatenates only each row's own tokens) are left alone."""
     for i, layer in enumerate(getattr(cache, "layers", ())):
         keys = getattr(layer, "keys", None)
         if type(layer) is not DynamicLayer or keys is None or keys.numel() == 0:
