@@ -170,6 +170,25 @@ def test_responses_are_decoded_in_batches_of_generate_batch_size(tiny_lm, tiny_i
     assert sizes == [16, 2] and wide.responses == narrow.responses
 
 
+def test_the_metric_and_generation_compute_each_system_prompt_once(tiny_lm, tiny_items, monkeypatch) -> None:
+    """One prefix store serves the logit metric and the generation: each system prompt's KV cache is computed
+    once for both (it is thousands of tokens in the paper's prompt files)."""
+    import afprobe.experiments._compliance as comp
+    from afprobe.models import PrefixStore
+
+    stores: list[PrefixStore] = []
+
+    class Counted(PrefixStore):
+        def __init__(self, *a, **k):  # type: ignore[no-untyped-def]
+            super().__init__(*a, **k)
+            stores.append(self)
+
+    monkeypatch.setattr(comp, "PrefixStore", Counted)
+    measure_compliance(make_backend(tiny_lm, "hooks"), tiny_items, ComplianceConfig(max_new_tokens=3))
+    systems = {it.prompt.system_text for it in tiny_items}
+    assert len(stores) == 1 and 0 < stores[0].computed <= len(systems)
+
+
 def test_too_few_requests_is_not_significant() -> None:
     lm = make_planted()
     items = toy_items(lm, n_requests=1)

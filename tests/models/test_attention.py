@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.integrations import sdpa_attention as sdpa
 
 import afprobe.models._attention as attention
@@ -131,3 +131,21 @@ def test_split_declines_a_mask_that_hides_part_of_the_prefix() -> None:
     assert attention._split_attention(q, k, v, (pk, pv), mask) is not None
     mask[1, 0, 0, 2] = False
     assert attention._split_attention(q, k, v, (pk, pv), mask) is None
+
+
+def test_shared_rows_stay_shared_on_cpu_only() -> None:
+    """A model whose attention splits keeps shared rows on CPU; elsewhere (here the meta device) and for any
+    other attention they become plain layers, the prefix expanded into every row."""
+    on_cpu = SharedPrefixLayer(torch.randn(1, 2, 5, 8), torch.randn(1, 2, 5, 8), rows=3)
+    elsewhere = SharedPrefixLayer(
+        torch.empty(1, 2, 5, 8, device="meta"), torch.empty(1, 2, 5, 8, device="meta"), 3
+    )
+    cache = DynamicCache()
+    cache.layers = [on_cpu, elsewhere]
+    kept = materialize_shared(cache, keep_on_cpu=True)
+    assert kept.layers[0] is on_cpu and not isinstance(kept.layers[1], SharedPrefixLayer)
+    assert kept.layers[1].keys.shape == (3, 2, 5, 8)
+    plain = materialize_shared(cache)
+    assert not any(isinstance(x, SharedPrefixLayer) for x in plain.layers)
+    assert torch.equal(plain.layers[0].keys[2], on_cpu.prefix_keys[0]) and plain.get_seq_length() == 5
+    assert cache.layers == [on_cpu, elsewhere]  # the original is left as it was

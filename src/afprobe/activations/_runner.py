@@ -234,9 +234,8 @@ class CacheRunner:
                                     continue_mask(p, mask[idx, p:w]),
                                     read_layers=layers,
                                     read_positions=at - p,
-                                    cache=prefixes.rows(ids[rows[0], :p].tolist(), n),
                                     logit_positions=torch.zeros(n, 1, dtype=torch.long),
-                                    position_ids=torch.arange(p, w).expand(n, -1),
+                                    **prefixes.continue_from(ids[rows[0], :p].tolist(), n, w),
                                 )
                             for j, layer in enumerate(layers):
                                 for dst, src, k in _segments(rows):

@@ -150,9 +150,8 @@ class TranscriptCacheRunner:
                             ids[c:d, p:],
                             continue_mask(p, mask[c:d, p:]),
                             read_layers=layers,
-                            cache=store.rows(ids[c, :p].tolist(), d - c),
                             logit_positions=torch.zeros(d - c, 1, dtype=torch.long),
-                            position_ids=torch.arange(p, ids.shape[1]).expand(d - c, -1),
+                            **store.continue_from(ids[c, :p].tolist(), d - c, ids.shape[1]),
                         )
                     for r in range(c, d):
                         t = batch[r]

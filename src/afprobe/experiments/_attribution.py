@@ -63,13 +63,7 @@ def attribution_patching(
             seq = batch.seq_len
             pos = torch.arange(seq - p)[None, :].expand(batch.n_rows, seq - p)
             leaves = {layer: torch.zeros(batch.n_rows, seq - p, d, requires_grad=True) for layer in layers}
-            kwargs = {}
-            if p:
-                kwargs = {
-                    "cache": prefixes.rows(toks[cols[0]].input_ids[:p], batch.n_rows),
-                    "use_cache": True,
-                    "position_ids": torch.arange(p, seq).expand(batch.n_rows, -1),
-                }
+            kwargs = prefixes.continue_from(toks[cols[0]].input_ids[:p], batch.n_rows, seq) if p else {}
             with torch.enable_grad():
                 out = backend.run(
                     batch.input_ids[:, p:],

@@ -244,7 +244,8 @@ def measure_compliance(
 ) -> ComplianceResult:
     """The logit metric on every prompt, then (``cfg.generate``) generated responses and their verdicts."""
     prompts = [it.prompt for it in items]
-    lp_acc, lp_rej = logit_scores(backend, items, batch_size=cfg.batch_size, progress=progress)
+    store = PrefixStore(backend)  # each system prompt's KV cache, computed once for the metric and generation
+    lp_acc, lp_rej = logit_scores(backend, items, batch_size=cfg.batch_size, progress=progress, prefixes=store)
     responses = verdicts = None
     if cfg.generate:
         clf = classifier or get_classifier(cfg.classifier)
@@ -258,6 +259,7 @@ def measure_compliance(
             use_cache=cfg.use_cache,
             batch_size=cfg.generate_batch_size or cfg.batch_size,
             progress=progress,
+            prefixes=store,
         )
         tok = backend.lm.tokenizer
         responses = [tok.decode(ids, skip_special_tokens=False) for ids in new]

@@ -124,9 +124,8 @@ def collect(
                     batch.input_ids[:, p:],
                     batch.attention_mask,
                     read_layers=read,
-                    cache=prefixes.rows(items[chunk[0]].tok.input_ids[:p], n),
                     logit_positions=torch.zeros(n, 1, dtype=torch.long),
-                    position_ids=torch.arange(p, batch.seq_len).expand(n, -1),
+                    **prefixes.continue_from(items[chunk[0]].tok.input_ids[:p], n, batch.seq_len),
                 )
             h = {layer: out.resid[layer].float().cpu() for layer in read}
             for r, i in enumerate(batch.indices):

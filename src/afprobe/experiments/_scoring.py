@@ -185,16 +185,13 @@ def _batch_prefix(
         return backend.run(
             batch.input_ids[even, :s], batch.attention_mask[even, :s], use_cache=True, logit_positions=zero
         ).cache
-    cache = store.rows(tokens[:p], nb)
     if p == s:
-        return cache
+        return store.rows(tokens[:p], nb)
     return backend.run(
         batch.input_ids[even, p:s],
         batch.attention_mask[even, :s],
-        cache=cache,
-        use_cache=True,
         logit_positions=zero,
-        position_ids=torch.arange(p, s).expand(nb, -1),
+        **store.continue_from(tokens[:p], nb, s),
     ).cache
 
 
@@ -226,12 +223,7 @@ def _single_pass(
     p = len(shared[1]) if shared is not None else 0
     kwargs: dict[str, Any] = {}
     if shared is not None:
-        m = n * batch.n_rows
-        kwargs = {
-            "cache": shared[0].rows(shared[1], m),
-            "use_cache": True,
-            "position_ids": torch.arange(p, batch.seq_len).expand(m, -1),
-        }
+        kwargs = shared[0].continue_from(shared[1], n * batch.n_rows, batch.seq_len)
     out = backend.run(
         batch.input_ids.repeat(n, 1)[:, p:],
         batch.attention_mask.repeat(n, 1),

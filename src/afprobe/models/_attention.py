@@ -127,8 +127,7 @@ else:  # pragma: no cover
 
 def takes_shared_prefix(model: Any) -> bool:
     """Whether ``model``'s attention reads a :class:`SharedPrefixLayer` (a Hugging Face model on ``sdpa`` with
-    the split installed; on a device the split does not cover it copies the prefix itself); for any other, such
-    layers are materialized before the pass (:func:`materialize_shared`)."""
+    the split installed); for any other, such layers are materialized before the pass (:func:`materialize_shared`)."""
     try:
         from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
     except ImportError:  # pragma: no cover
@@ -140,18 +139,22 @@ def takes_shared_prefix(model: Any) -> bool:
     return ours and impl == "sdpa" and bool(getattr(ALL_ATTENTION_FUNCTIONS.get("sdpa"), _PATCHED, False))
 
 
-def materialize_shared(cache: Any) -> Any:
+def materialize_shared(cache: Any, keep_on_cpu: bool = False) -> Any:
     """``cache`` with every :class:`SharedPrefixLayer` turned into a plain layer (for an attention without the
-    split); other caches unchanged."""
+    split; ``keep_on_cpu``: except those on CPU, where the split runs); other caches unchanged. Elsewhere a plain
+    layer is the faster one: its first pass copies the prefix once and generation writes into reserved room
+    (``models/_generate.reserve``), where a shared layer would copy the prefix again for every pass."""
     layers = getattr(cache, "layers", None)
-    if (
-        SharedPrefixLayer is None
-        or layers is None
-        or not any(isinstance(x, SharedPrefixLayer) for x in layers)
-    ):
+    if SharedPrefixLayer is None or layers is None:
+        return cache
+
+    def plain(x: Any) -> bool:
+        return isinstance(x, SharedPrefixLayer) and not (keep_on_cpu and x.device.type == "cpu")
+
+    if not any(plain(x) for x in layers):
         return cache
     new = copy.copy(cache)
-    new.layers = [x.materialized() if isinstance(x, SharedPrefixLayer) else x for x in layers]
+    new.layers = [x.materialized() if plain(x) else x for x in layers]
     return new
 
 

@@ -207,7 +207,7 @@ def cache_kwargs(model: nn.Module, cache: dict[str, Any]) -> dict[str, Any]:
         return {**out, "use_cache": False}
     params = inspect.signature(model.forward).parameters
     key = "cache" if "cache" in params else "past_key_values"
-    kv = cache["cache"] if takes_shared_prefix(model) else materialize_shared(cache["cache"])
+    kv = materialize_shared(cache["cache"], keep_on_cpu=takes_shared_prefix(model))
     return {**out, "use_cache": True, key: kv}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import tempfile
@@ -74,11 +75,22 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
 
 def converted_dir(gguf: Path) -> Path:
     """Where the dequantized checkpoint of ``gguf`` is kept: under the cache, named by the file's sha256."""
+    st = gguf.stat()
+    return (
+        cache_root()
+        / "converted"
+        / f"{gguf.stem}-{_sha256(str(gguf.resolve()), st.st_size, st.st_mtime_ns)[:16]}"
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _sha256(path: str, size: int, mtime_ns: int) -> str:
+    """The file's sha256, once per process for a given size and modification time (every load asks)."""
     h = hashlib.sha256()
-    with gguf.open("rb") as f:
+    with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
-    return cache_root() / "converted" / f"{gguf.stem}-{h.hexdigest()[:16]}"
+    return h.hexdigest()
 
 
 def _keep_converted(model: nn.Module, tokenizer: Any, target: Path) -> None:

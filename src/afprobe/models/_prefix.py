@@ -249,6 +249,17 @@ class PrefixStore:
         cache, length = self._get(tuple(int(t) for t in tokens))
         return select_cache(cache, torch.zeros(n, dtype=torch.long), length=length)
 
+    def continue_from(self, tokens: Sequence[int], n: int, end: int) -> dict[str, Any]:
+        """``Backend.run`` keywords for a pass of ``n`` rows over columns ``[len(tokens), end)`` that continues
+        from the stored prefix ``tokens``: its cache and the position ids counting from its length (the pass's
+        inputs, and the token indices it reads or edits, then start at that column)."""
+        p = len(tokens)
+        return {
+            "cache": self.rows(tokens, n),
+            "use_cache": True,
+            "position_ids": torch.arange(p, end).expand(n, -1),
+        }
+
 
 def continue_mask(prefix_len: int, mask: Tensor) -> Tensor:
     """The attention mask of a pass over ``mask``'s columns that continues from a ``prefix_len``-token cache."""
