@@ -13,6 +13,8 @@ position; the unembedding reads ``u``: the accept tag's logit is ``+beta * u``, 
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 import torch
 
@@ -101,3 +103,30 @@ def tiny_items(tiny_lm):
     """Tiny random model, two requests × the sentence (aligned) and tag (misaligned on bytes) cue formats."""
     prompts = build_pairs(builtin_requests(harmful=True)[:2], ["sentence", "tag"], ["neutral"])
     return prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
+
+
+@contextmanager
+def counted_passes(b):  # type: ignore[no-untyped-def]
+    """The ``(rows, width)`` of every forward pass ``b`` runs inside the block."""
+    calls: list[tuple[int, ...]] = []
+    run = b.run
+
+    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
+        calls.append(tuple(ids.shape))
+        return run(ids, *a, **k)
+
+    b.run = counted
+    try:
+        yield calls
+    finally:
+        b.run = run
+
+
+def two_system_prompts(tiny_lm, n_requests: int):  # type: ignore[no-untyped-def]
+    """The tag-cue pairs of ``n_requests`` requests under the neutral and the helpful-only system prompt."""
+    from afprobe.experiments import pair_indices, prepare_prompts
+    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
+
+    prompts = build_pairs(builtin_requests(harmful=True)[:n_requests], ["tag"], ["neutral", "helpful_only"])
+    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
+    return make_backend(tiny_lm, "hooks"), items, pair_indices([it.prompt for it in items])

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
-
 import numpy as np
 import pytest
 
@@ -25,34 +23,7 @@ from afprobe.experiments._patching_summary import attribution_agreement, patchin
 from afprobe.models import PrefixStore, make_backend
 from afprobe.scenarios import POSITION_NAMES
 
-from .conftest import make_planted, toy_items
-
-
-@contextmanager
-def counted_passes(b):  # type: ignore[no-untyped-def]
-    """The ``(rows, width)`` of every forward pass ``b`` runs inside the block."""
-    calls: list[tuple[int, ...]] = []
-    run = b.run
-
-    def counted(ids, *a, **k):  # type: ignore[no-untyped-def]
-        calls.append(tuple(ids.shape))
-        return run(ids, *a, **k)
-
-    b.run = counted
-    try:
-        yield calls
-    finally:
-        b.run = run
-
-
-def two_system_prompts(tiny_lm, n_requests: int):  # type: ignore[no-untyped-def]
-    """The tag-cue pairs of ``n_requests`` requests under the neutral and the helpful-only system prompt."""
-    from afprobe.experiments import prepare_prompts
-    from afprobe.scenarios import build_pairs, builtin_requests, tokenize_prompts
-
-    prompts = build_pairs(builtin_requests(harmful=True)[:n_requests], ["tag"], ["neutral", "helpful_only"])
-    items = prepare_prompts(tiny_lm.tokenizer, tokenize_prompts(tiny_lm.tokenizer, prompts))
-    return make_backend(tiny_lm, "hooks"), items, pair_indices([it.prompt for it in items])
+from .conftest import counted_passes, make_planted, toy_items, two_system_prompts
 
 
 def _clean(b, items) -> np.ndarray:

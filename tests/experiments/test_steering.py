@@ -15,14 +15,16 @@ from afprobe.experiments import (
     median_norms,
     plan_layers,
     random_unit_vectors,
+    read_named,
     run_sweep,
     score_settings,
     summarize_sweep,
     sweep_settings,
 )
-from afprobe.models import Edit, edit_mask, make_backend, stack_edits
+from afprobe.experiments._reads import mean_projections
+from afprobe.models import Edit, PrefixStore, edit_mask, make_backend, stack_edits
 
-from .conftest import U, make_planted, toy_items
+from .conftest import U, counted_passes, make_planted, toy_items, two_system_prompts
 
 
 def _unit(d: int, seed: int) -> torch.Tensor:
@@ -94,6 +96,40 @@ def test_median_norm_sets_the_magnitude(tiny_lm, tiny_items) -> None:
     (edit,) = SteerSetting("probe", 2, 0.5, 0, u, norms[2], "all")(batch)
     assert edit.value.norm() == pytest.approx(0.5 * norms[2], rel=1e-5)
     assert all(v > 0 for v in norms.values())
+
+
+class _Whole(PrefixStore):
+    """No stored prefixes: every read runs its prompts whole."""
+
+    @property
+    def usable(self) -> bool:
+        return False
+
+
+def test_reads_continue_from_the_stored_system_prompt(tiny_lm) -> None:
+    """The steering plan's reads (the residual at a named position, the norms and mean projections over the
+    steered tokens) run each prompt after its stored system prompt, batches within one system prompt, and read
+    the same values as whole prompts; ``all`` (from token 0) reads the system prompt too, so it runs whole."""
+    b, items, _ = two_system_prompts(tiny_lm, 3)
+    layers = [1, 2]
+    shortest = min(it.length for it in items)
+    v = {layer: random_unit_vectors(3, tiny_lm.d_model, layer) for layer in layers}
+    got, ref = [], []
+    for store, out in ((PrefixStore(b), got), (_Whole(b), ref)):
+        with counted_passes(b) as calls:
+            out.append(read_named(b, items, layers, "cue", batch_size=4, prefixes=store))
+            out.append(median_norms(b, items, layers, "from_cue", batch_size=4, prefixes=store))
+            out.append(mean_projections(b, items, v, "from_cue", batch_size=4, prefixes=store))
+        if store.usable:  # beyond the store's own passes (one per system prompt, for all three reads)
+            assert store.computed == 2 and len(calls) > 2
+            assert sum(width >= shortest for _, width in calls) <= store.computed
+    torch.testing.assert_close(got[0], ref[0], atol=1e-5, rtol=0)
+    assert got[1] == pytest.approx(ref[1], abs=1e-5)
+    for layer in layers:
+        torch.testing.assert_close(got[2][layer], ref[2][layer], atol=1e-5, rtol=0)
+    with counted_passes(b) as calls:
+        median_norms(b, items, layers, "all", batch_size=4, prefixes=PrefixStore(b))
+    assert max(width for _, width in calls) == max(it.length for it in items)
 
 
 @pytest.fixture(scope="module")

@@ -241,11 +241,15 @@ def measure_compliance(
     seed: int = 0,
     classifier: ResponseClassifier | None = None,
     progress: bool = False,
+    prefixes: PrefixStore | None = None,
 ) -> ComplianceResult:
-    """The logit metric on every prompt, then (``cfg.generate``) generated responses and their verdicts."""
+    """The logit metric on every prompt, then (``cfg.generate``) generated responses and their verdicts.
+    ``prefixes``: the store of system-prompt KV caches to use (default a new one), shared by both."""
     prompts = [it.prompt for it in items]
-    store = PrefixStore(backend)  # each system prompt's KV cache, computed once for the metric and generation
-    lp_acc, lp_rej = logit_scores(backend, items, batch_size=cfg.batch_size, progress=progress, prefixes=store)
+    store = prefixes if prefixes is not None else PrefixStore(backend)  # for the metric and generation alike
+    lp_acc, lp_rej = logit_scores(
+        backend, items, batch_size=cfg.batch_size, progress=progress, prefixes=store
+    )
     responses = verdicts = None
     if cfg.generate:
         clf = classifier or get_classifier(cfg.classifier)

@@ -24,7 +24,9 @@ class ComplianceRunner(ExperimentRunner):
         cfg = self.cfg
         out_dir = self._out_dir(out)
         s = self._subject(subject)
-        result = measure_compliance(s.backend, s.items, cfg.compliance, seed=cfg.seed, progress=self.progress)
+        result = measure_compliance(
+            s.backend, s.items, cfg.compliance, seed=cfg.seed, progress=self.progress, prefixes=s.prefixes
+        )
         if out_dir is not None:
             write_compliance(result, out_dir, s, cfg.model_dump(mode="json"))
         return result

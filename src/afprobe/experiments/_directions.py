@@ -18,7 +18,7 @@ from torch import Tensor
 from afprobe._errors import AfprobeError
 from afprobe.experiments._reads import read_named
 from afprobe.experiments._subject import ScoredPrompt, Subject
-from afprobe.models import Backend, LoadedModel
+from afprobe.models import Backend, LoadedModel, PrefixStore
 
 
 @dataclass
@@ -110,7 +110,12 @@ def resolve_directions(
     if probes is not None:
         return load_probe_directions(probes, s.lm, position=position, probe=probe)
     return mean_difference_directions(
-        s.backend, s.items, list(range(s.lm.n_layers + 1)), position, batch_size=batch_size
+        s.backend,
+        s.items,
+        list(range(s.lm.n_layers + 1)),
+        position,
+        batch_size=batch_size,
+        prefixes=s.prefixes,
     )
 
 
@@ -168,11 +173,12 @@ def mean_difference_directions(
     *,
     indices: Sequence[int] | None = None,
     batch_size: int = 8,
+    prefixes: PrefixStore | None = None,
 ) -> Directions:
     """Unit ``mean(free) − mean(paid)`` of the residual stream at ``position``, per layer (in-sample when the same
     prompts are then steered: say so in the results)."""
     idx = list(range(len(items))) if indices is None else list(indices)
-    h = read_named(backend, items, layers, position, indices=idx, batch_size=batch_size)
+    h = read_named(backend, items, layers, position, indices=idx, batch_size=batch_size, prefixes=prefixes)
     free = torch.tensor([items[i].prompt.tier == "free" for i in idx])
     if free.all() or not free.any():
         raise AfprobeError("mean-difference directions need prompts of both tiers")

@@ -13,7 +13,7 @@ from afprobe.experiments._gaps import pair_indices
 from afprobe.experiments._reads import mean_projections, median_norms, read_named
 from afprobe.experiments._steering import LayerPlan
 from afprobe.experiments._subject import ScoredPrompt
-from afprobe.models import Backend
+from afprobe.models import Backend, PrefixStore
 from afprobe.scenarios import EditStart
 
 Scale = Literal["natural", "residual_norm"]
@@ -30,6 +30,7 @@ def plan_layers(
     scale: Scale = "natural",
     seed: int = 0,
     batch_size: int = 8,
+    prefixes: PrefixStore | None = None,
 ) -> tuple[dict[int, LayerPlan], dict[str, Any]]:
     """The plan of every layer and what ``steering.json`` records about it.
 
@@ -40,10 +41,9 @@ def plan_layers(
     pairs = pair_indices([it.prompt for it in items])
     fi = torch.tensor([a for a, _ in pairs])
     pi = torch.tensor([b for _, b in pairs])
-    h = read_named(backend, items, layers, dirs.position, batch_size=batch_size)  # [prompt, layer, d]
-    norms = (
-        median_norms(backend, items, layers, mode, batch_size=batch_size) if scale == "residual_norm" else {}
-    )
+    reads: dict[str, Any] = {"batch_size": batch_size, "prefixes": prefixes}
+    h = read_named(backend, items, layers, dirs.position, **reads)  # [prompt, layer, d]
+    norms = median_norms(backend, items, layers, mode, **reads) if scale == "residual_norm" else {}
     plans: dict[int, LayerPlan] = {}
     info: dict[str, Any] = {"scale": scale, "separation": {}, "magnitude": {}}
     for li, layer in enumerate(layers):
@@ -63,7 +63,7 @@ def plan_layers(
         info["separation"][str(layer)] = sep
         info["magnitude"][str(layer)] = mag
     vectors = {layer: torch.cat([p.u[None], *p.random.values()]) for layer, p in plans.items()}
-    means = mean_projections(backend, items, vectors, mode, batch_size=batch_size)
+    means = mean_projections(backend, items, vectors, mode, **reads)
     for layer, p in plans.items():
         p.mean = float(means[layer][0])
         offset = 1

@@ -69,7 +69,9 @@ class SteeringRunner(ExperimentRunner):
         timings["directions"] = time.perf_counter() - t
 
         t = time.perf_counter()
-        comp = measure_compliance(s.backend, s.items, cfg.compliance, seed=cfg.seed, progress=progress)
+        comp = measure_compliance(
+            s.backend, s.items, cfg.compliance, seed=cfg.seed, progress=progress, prefixes=s.prefixes
+        )
         timings["compliance"] = time.perf_counter() - t
         if out_dir is not None:
             write_compliance(comp, out_dir, s, cfg.model_dump(mode="json"))
@@ -85,6 +87,7 @@ class SteeringRunner(ExperimentRunner):
             scale=sc.scale,
             seed=cfg.seed,
             batch_size=cfg.compliance.batch_size,
+            prefixes=s.prefixes,
         )
         settings = sweep_settings(plans, sc.alphas, mode=sc.edit_start, ablate=sc.ablate)
         sweep = run_sweep(
