@@ -13,9 +13,9 @@ the blocks below their edited layer once per pass; FLOPs through the blocks (att
 included) and the unembedding, over a matrix-product rate measured on the spot at :data:`EFFICIENCY` of it
 (attention over the context at :data:`ATTENTION_EFFICIENCY`), plus :data:`CALL_S_PER_BLOCK` per block per forward
 call; probes: a fixed cost and ~100 solver iterations per fit. The constants were set from the organism and
-default runs (and, for attention, the paper config's steering over 3,300-token prompts) on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run
-estimate", has the comparison per stage); on another machine or a GPU the rate is measured there, the constants
-are not refitted.
+default runs on 2 CPU cores (benchmarks/RESULTS.md, "The dry-run estimate", has the comparison per stage, the
+paper config's included); on another machine or a GPU the rate is measured there, the constants are not
+refitted.
 """
 
 from __future__ import annotations
@@ -38,9 +38,10 @@ from afprobe.pipeline._estimate import (
 )
 
 EFFICIENCY = 0.7  # share of the measured matmul rate a transformer forward reaches on a CPU
-ATTENTION_EFFICIENCY = (
-    0.3  # share of the measured matmul rate attention over the context reaches (CPU, masked)
-)
+# share of the measured matmul rate attention over the context reaches: on CPU as much as the linear layers since
+# attention over a stored prefix runs as one dense kernel call per layer (models/_attention.py); it was 0.3 when
+# every row attended to its own copy of the prefix
+ATTENTION_EFFICIENCY = 0.7
 PROBE_S_PER_FIT = 0.0007  # fixed cost of one probe fit (a batched solver's share of Python and launches)
 PROBE_FLOPS_PER_VALUE = 400.0  # FLOPs of one fit per activation value (n x d): ~100 solver iterations
 CALL_S_PER_BLOCK = 0.001  # Python and kernel launch cost of one block in one forward call
@@ -158,6 +159,14 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
     pairs = len(causal) // 2
     c_user = float(np.mean([count(q.user_text) for q in causal])) + CHAT_OVERHEAD_TOKENS if causal else 0.0
     c_len = int(sys_mean + c_user)
+    c_sys = len({q.system_text for q in causal})
+
+    def after_system(w: _Work, rows: float, passes: int, batch: int) -> None:
+        """``passes`` reads of ``rows`` causal prompts, each system prompt once (stored), then each prompt's own
+        tokens."""
+        w.blocks(c_sys * sys_mean, sys_mean / 2, c_sys)
+        w.blocks(passes * rows * c_user, sys_mean + c_user / 2, passes * -(-rows // batch))
+
     if "compliance" in stages:
         c = cfg.compliance
         new = c.max_new_tokens if c.generate else 0
@@ -250,7 +259,14 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
         edits = [None, *[layer for layer in steered for _ in range(per_layer)]]
         settings = len(edits)
         w = _Work(shape)
-        w.blocks(2 * pairs * c_len, c_len / 2, 3 * -(-2 * pairs // s.batch_size))  # the reads: 3 passes
+        # the reads (the probe's position, the mean projections, the norms for residual_norm): after the
+        # stored system prompt, or whole rows where the steered tokens start at token 0
+        n_reads = 2 + (s.scale == "residual_norm")
+        from_start = n_reads - 1 if s.edit_start == "all" else 0
+        after_system(w, 2 * pairs, n_reads - from_start, cfg.compliance.batch_size)
+        w.blocks(
+            from_start * 2 * pairs * c_len, c_len / 2, from_start * -(-2 * pairs // cfg.compliance.batch_size)
+        )
         scored(w, 2 * pairs, c_user, [None], s.batch_size)  # the unsteered metric
         scored(w, 2 * pairs, c_user, edits, s.batch_size, max(1, s.max_rows // (2 * s.batch_size)))
         est.stages.append(
@@ -275,8 +291,8 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
         ]
         settings = len(patches)
         w = _Work(shape)
-        # the clean metric and the stored values, then the patches
-        w.blocks(2 * pairs * c_len, c_len / 2, 2 * -(-2 * pairs // pc.batch_size))
+        # the stored values (after the stored system prompt), the clean metric, then the patches
+        after_system(w, 2 * pairs, 1, pc.batch_size)
         scored(w, 2 * pairs, c_user, [None], pc.batch_size)
         scored(w, pairs, c_user, patches, pc.batch_size, max(1, pc.max_rows // (2 * pc.batch_size)))
         if pc.attribution:  # a forward and a backward pass (~2 forwards) of both tiers, both directions
@@ -299,8 +315,15 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
 
 
 def _auto_layers(n_layers: int, n_auto: int) -> list[int]:
-    """The layers ``steering.layers: auto`` picks when every layer past the embedding has a direction (the
-    probes' best layer may replace the nearest of them; that moves the cost little)."""
+    """The layers ``steering.layers: auto`` picks when every layer past the embedding has a direction, the
+    probes' best layer (not known before the run) taken to be the middle one: it replaces the nearest pick, as in
+    :func:`afprobe.experiments.choose_layers` (with one layer to steer, it is the only one, and where it sits
+    sets how many blocks each setting runs)."""
     from afprobe.experiments import evenly_spaced
 
-    return evenly_spaced(list(range(1, n_layers + 1)), n_auto)
+    picks = set(evenly_spaced(list(range(1, n_layers + 1)), n_auto))
+    mid = (n_layers + 1) // 2
+    if picks and mid not in picks:
+        picks.remove(min(picks, key=lambda x: abs(x - mid)))
+        picks.add(mid)
+    return sorted(picks)
