@@ -108,7 +108,7 @@ class Estimate:
         approx = "" if self.tokens_exact else f" (tokens estimated at {CHARS_PER_TOKEN} characters each)"
         rows.append(
             f"model {m.name}: {m.n_layers} layers, d_model {m.d_model}, ~{m.n_params / 1e6:.0f}M parameters "
-            f"(shape from {m.source}){approx}; time: a FLOP model set on 2 CPU cores (per stage within about ±50%, see benchmarks/RESULTS.md)"
+            f"(shape from {m.source}){approx}; time: a FLOP model set on 2 CPU cores (whole runs within about 10%, single stages up to ~2x off, see benchmarks/RESULTS.md)"
         )
         return "\n".join(rows)
 
