@@ -75,6 +75,21 @@ def test_empty_or_duplicate_request_files(
     assert not list(tmp_path.glob("x.h5*"))
 
 
+@pytest.mark.parametrize("dry", [False, True])
+def test_a_run_with_a_layer_the_model_lacks_stops_before_any_stage(
+    capsys, tmp_path: Path, tiny_model_dir: Path, dry: bool
+) -> None:
+    """A layer a later stage names (here patching's) is checked when the model is loaded, and by ``--dry-run``
+    from its shape: one line and exit 2 before the cache is written, not after steering has run."""
+    run = tmp_path / "run"
+    args = ["run", "--model", str(tiny_model_dir), "--out", str(run), "--set", "patching.layers=[1,9]", "-q"]
+    code, err = _run(capsys, [*args, "--dry-run"] if dry else args)
+    assert code == 2, err
+    lines = [line for line in err.splitlines() if line.startswith("afprobe: error:")]
+    assert len(lines) == 1 and "patching.layers: layer 9 out of range" in lines[0], err
+    assert not (run / "cache").exists()
+
+
 def test_output_path_that_is_a_directory(capsys, tmp_path: Path, tiny_model_dir: Path) -> None:
     code, err = _run(capsys, ["cache", "--model", str(tiny_model_dir), "--out", str(tmp_path), "-q"])
     assert code == 2 and "is a directory" in err

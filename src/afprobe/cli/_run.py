@@ -12,6 +12,7 @@ from afprobe.cli._app import Flags, app, shared_flags
 from afprobe.pipeline import (
     STAGE_NAMES,
     check_fits,
+    check_model_layers,
     estimate_run,
     load_run_config,
     run_pipeline,
@@ -65,6 +66,7 @@ def run(
         out = Path("runs") / (Path(spec).stem if spec is not None else "default")
     if dry_run:
         est = estimate_run(cfg)
+        check_model_layers(cfg, est.model.n_layers, cfg.model.name)
         typer.echo(est.table(stamped_seconds(out, STAGE_NAMES)))
         check_fits(est, out)
         typer.echo(f"fits: {out} has room for the run's outputs")

@@ -5,6 +5,7 @@ them with one model load, reusing what is up to date. It sits above every other 
 from afprobe.pipeline._config import (
     STAGE_NAMES,
     RunConfig,
+    check_model_layers,
     check_run_config,
     dump_config,
     load_run_config,
@@ -40,6 +41,7 @@ __all__ = [
     "Stage",
     "StageRecord",
     "check_fits",
+    "check_model_layers",
     "check_run_config",
     "dump_config",
     "estimate_run",

@@ -128,6 +128,26 @@ def check_run_config(cfg: RunConfig) -> None:
             raise AfprobeError(f"{key}: layers are numbered from 0 (the embedding output), got {layers}")
 
 
+def check_model_layers(cfg: RunConfig, n_layers: int, model: str) -> None:
+    """Every layer the config names for a stage it runs exists in the model (``0..n_layers``): checked when the
+    model is loaded and by ``--dry-run``, not when the stage that reads the key is reached minutes later."""
+    stages = {*cfg.stages, "cache"}
+    for stage, layers in (
+        ("cache", cfg.cache.layers),
+        ("probes", cfg.probes.layers),
+        ("steering", cfg.steering.layers),
+        ("patching", cfg.patching.layers),
+        ("transcripts", cfg.transcripts.layers),
+    ):
+        key = f"{stage}.layers"
+        listed = layers if isinstance(layers, list) and stage in stages else []
+        bad = [layer for layer in listed if not 0 <= layer <= n_layers]
+        if bad:
+            raise AfprobeError(
+                f"{key}: layer {bad[0]} out of range: {model} has layers 0..{n_layers} (set {key}=...)"
+            )
+
+
 def shipped_configs() -> list[str]:
     """Names of the configs shipped in ``afprobe/pipeline/configs`` (``afprobe run NAME``)."""
     folder = resources.files("afprobe.pipeline").joinpath("configs")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from afprobe.experiments import Subject, make_subject
 from afprobe.models import LoadedModel, load_model
-from afprobe.pipeline._config import RunConfig
+from afprobe.pipeline._config import RunConfig, check_model_layers
 from afprobe.scenarios import POSITION_NAMES, Prompt, ScenarioConfig, TokenizedPrompt, build_scenario
 
 
@@ -36,7 +36,9 @@ class RunState:
     def model(self) -> LoadedModel:
         if self.lm is None:
             self.say(f"loading model {self.cfg.model.name}")
-            self.lm = load_model(self.cfg.model)
+            lm = load_model(self.cfg.model)
+            check_model_layers(self.cfg, lm.n_layers, lm.name)
+            self.lm = lm
         return self.lm
 
     def _spec(self, kind: str) -> tuple[ScenarioConfig, tuple[str, ...]]:
