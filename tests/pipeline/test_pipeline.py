@@ -257,7 +257,11 @@ def model_dirs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         ("ok", ["--requests", "nowhere.jsonl"], "request file not found"),
         ("ok", ["--set", "stages=[cache, stear]"], "unknown stage 'stear'"),
         ("ok", ["--set", "cache.positions=[middle]"], "unknown position 'middle'"),
-        ("drops_system", [], "the chat template changed the system message text"),
+        (
+            "drops_system",
+            ["--set", "patching.layers=[1]"],
+            "the chat template changed the system message text",
+        ),
         ("ok", ["--config", "missing.yaml"], "config file not found: missing.yaml"),
         ("ok", ["unknown-config"], "unknown config 'unknown-config'"),
     ],
