@@ -270,14 +270,18 @@ def test_run_killed_in_every_stage_resumes_to_the_clean_summary(
         note = tmp_path / f"kill{i}.txt"
         p = _start(forkserver, _pipeline_child, argv, stage, mode, delay, note)
         p.join()
-        how.append(f"{stage}: {note.read_text() if note.exists() else '?'}")
+        died = note.read_text() if note.exists() else "?"
+        how.append(f"{stage}: {died}")
         assert p.exitcode == -signal.SIGKILL, f"kill {i} in {stage} did not happen (exit {p.exitcode})"
         assert read_stamp(out / stage) is None, f"{stage} was stamped although killed"
         earlier = STAGES[: STAGES.index(stage)]
         assert all(read_stamp(out / s) is not None for s in earlier), f"stages before {stage} lost"
         if stage == "cache":
             assert not (out / "cache" / "activations.h5").exists() or read_stamp(out / "cache") is None
-        assert not (out / "report.html").exists()
+        if not (stage == "report" and died == "after outputs"):
+            # (the report stage ended before its timer and died before its stamp: its report is whole, from
+            # every stage, and the next run redoes it; any earlier death leaves none)
+            assert not (out / "report.html").exists()
         for f in out.rglob("*"):  # a half-written file only ever lies under a hidden temporary name
             assert f.name.startswith(".") or ".partial" in f.name or _whole(f), f
     p = _start(forkserver, _cli_child, argv)
