@@ -133,9 +133,8 @@ def takes_shared_prefix(model: Any) -> bool:
     except ImportError:  # pragma: no cover
         return False
     impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
-    ours = type(model).__module__.startswith(
-        "transformers."
-    )  # remote code may not use the attention registry
+    # remote code may not use the attention registry
+    ours = type(model).__module__.startswith("transformers.")
     return ours and impl == "sdpa" and bool(getattr(ALL_ATTENTION_FUNCTIONS.get("sdpa"), _PATCHED, False))
 
 

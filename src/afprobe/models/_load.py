@@ -59,9 +59,8 @@ def load_model(cfg: ModelConfig | None = None, **overrides: Any) -> LoadedModel:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             raise AfprobeError(f"could not load model {cfg.name!r} ({src.description}): {first}") from None
         if converted is not None:
-            with contextlib.suppress(
-                OSError
-            ):  # a read-only or full cache: the next load reads the GGUF again
+            # a read-only or full cache: the next load reads the GGUF again
+            with contextlib.suppress(OSError):
                 _keep_converted(loaded[1], loaded[0], converted)
     tokenizer, model = loaded
     if cfg.device_map is None:
