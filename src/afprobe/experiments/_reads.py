@@ -81,7 +81,8 @@ def median_norms(
 ) -> dict[int, float]:
     """Median L2 norm of the residual stream at each layer, over prompts and the prompt tokens ``mode`` steers."""
     idx = list(range(len(items))) if indices is None else list(indices)
-    starts = [edit_start(items[i].tok, mode) for i in idx]
+    start = {i: edit_start(items[i].tok, mode) for i in idx}
+    starts = [start[i] for i in idx]
     norms: dict[int, list[np.ndarray]] = {layer: [] for layer in layers}
     with torch.inference_mode():
         for chosen, p, out in read_passes(
@@ -90,9 +91,7 @@ def median_norms(
             for layer in layers:
                 n = out.resid[layer].float().norm(dim=-1).cpu()
                 for r, i in enumerate(chosen):
-                    norms[layer].append(
-                        n[r, edit_start(items[i].tok, mode) - p : items[i].length - p].numpy()
-                    )
+                    norms[layer].append(n[r, start[i] - p : items[i].length - p].numpy())
     return {layer: float(np.median(np.concatenate(v))) for layer, v in norms.items()}
 
 
@@ -108,7 +107,8 @@ def mean_projections(
     """Per layer, the mean projection of the residual stream on each row of ``vectors[layer]`` (``[k, d]``) over
     prompts and the prompt tokens ``mode`` steers: the value mean ablation sets that component to."""
     idx = list(range(len(items)))
-    starts = [edit_start(items[i].tok, mode) for i in idx]
+    start = {i: edit_start(items[i].tok, mode) for i in idx}
+    starts = [start[i] for i in idx]
     sums = {layer: torch.zeros(v.shape[0], dtype=torch.float64) for layer, v in vectors.items()}
     count = 0
     with torch.inference_mode():
@@ -118,7 +118,7 @@ def mean_projections(
             width = next(iter(out.resid.values())).shape[1]
             keep = torch.zeros(len(chosen), width, dtype=torch.bool)
             for r, i in enumerate(chosen):
-                keep[r, edit_start(items[i].tok, mode) - p : items[i].length - p] = True
+                keep[r, start[i] - p : items[i].length - p] = True
             count += int(keep.sum())
             for layer, v in vectors.items():
                 h = out.resid[layer].float().cpu()[keep]  # [tokens, d]
