@@ -122,8 +122,8 @@ def fit_logistic_lbfgs(
     problem itself) but removes the large directions of activations (the request and format effects, a few
     outlier features) from the condition number; 0: plain L-BFGS.
 
-    Memory: ``X`` and one centered copy (plus a bfloat16 one with ``fast_products``), ``2 * memory + 4`` vectors of
-    ``d`` and ``6`` of ``n`` per problem.
+    Memory: ``X`` and one centered copy (plus two bfloat16 ones with ``fast_products``, one laid out transposed on a
+    CPU), ``2 * memory + 4`` vectors of ``d`` and ``6`` of ``n`` per problem.
     """
     if X.ndim != 2:
         raise ValueError(f"X must be [n, d] (shared by every problem), got shape {tuple(X.shape)}")
@@ -141,11 +141,14 @@ def fit_logistic_lbfgs(
     )  # k / n: its cost per iteration
     pre = _preconditioner(Xp, w, mean, inv_sd, C, k)
     if fast_products:
-        rough = _LBFGS(Xp, y, w, mean, inv_sd, C, memory, pre=pre)
+        # on a CPU the gradient's product G @ X runs 1.2-1.5x faster in bfloat16 as G @ (X^T)^T, from a
+        # transposed copy (measured at 4,000 x 4,096, 4 to 51 problems; float32 gains nothing)
+        XpT = Xp.T.contiguous() if Xp.device.type == "cpu" else None
+        rough = _LBFGS(Xp, y, w, mean, inv_sd, C, memory, pre=pre, XpT=XpT)
         v, c, n_iter = rough.run(max_iter, tol)
         gamma = rough.out_gamma
-        del rough, Xp
-    exact = _LBFGS(Xc, y, w, mean, inv_sd, C, memory, v, c, gamma if fast_products else None, pre)
+        del rough, Xp, XpT
+    exact = _LBFGS(Xc, y, w, mean, inv_sd, C, memory, v, c, gamma, pre)
     v, c, more = exact.run(max_iter - n_iter, tol)
     coef = v * inv_sd
     intercept = c - (coef * (mean + mu)).sum(1)
@@ -193,20 +196,17 @@ def _standardization(Xc: Tensor, mu: Tensor, w: Tensor, standardize: bool) -> tu
 
 
 class _Preconditioner:
-    """``P = I + V^T diag(s) V`` per problem (``V [k, d]`` orthonormal rows, ``s [batch, k]`` in ``(-1, 0]``): the
-    coefficients are ``v = P u`` in the iterates ``u``, with ``P`` the inverse square root of an estimate of the
-    Hessian's scale along ``V`` (``1 + h``), so that along those directions the problem in ``u`` has scale 1."""
+    """``P^2 = I + V^T diag(s) V`` per problem (``V [k, d]`` orthonormal rows, ``s [batch, k]`` in ``(-1, 0]``),
+    ``P`` the inverse square root of an estimate of the Hessian's scale along ``V`` (``1 + h``): in the coordinates
+    ``u = P^-1 v`` the problem has scale 1 along those directions. L-BFGS there is L-BFGS in ``v`` with the initial
+    inverse Hessian ``gamma * P^2`` (BFGS is invariant under a linear change of variables), so only ``P^2`` is
+    ever applied, once per iteration, to the gradient."""
 
     def __init__(self, V: Tensor, s: Tensor):
         self.V, self.s = V, s
 
-    def apply(self, u: Tensor) -> Tensor:
-        return u + ((u @ self.V.T) * self.s) @ self.V
-
-    grad = apply  # P is symmetric
-
-    def inverse(self, v: Tensor) -> Tensor:
-        return v + ((v @ self.V.T) * (1 / (1 + self.s) - 1)) @ self.V
+    def squared(self, g: Tensor) -> Tensor:
+        return g + ((g @ self.V.T) * self.s) @ self.V
 
     def keep(self, rows: Tensor) -> _Preconditioner:
         return _Preconditioner(self.V, self.s[rows])
@@ -240,7 +240,10 @@ def _preconditioner(
     V = Vt[:k]  # [k, d]
     ZV = z_times(V.T)  # [n, k]
     h = 0.25 * C * (w @ (ZV * ZV))  # [batch, k]
-    return _Preconditioner(V, (1 + h).rsqrt() - 1)
+    return _Preconditioner(V, 1 / (1 + h) - 1)
+
+
+_HISTORY = ("S", "G", "S_c", "G_c", "SG", "GG")  # the ring of curvature pairs and their inner products
 
 
 def _dot(a: Tensor, b: Tensor) -> Tensor:
@@ -249,14 +252,14 @@ def _dot(a: Tensor, b: Tensor) -> Tensor:
 
 class _LBFGS:
     """The batch's state: standardized coefficients ``v``, intercepts ``c``, scores ``F = Z v + c``, gradients, and
-    the last ``memory`` steps ``s`` and gradient changes ``g`` per problem (a ring, with their inner products
-    ``s.g`` and ``g.g``). Rows of every per-problem tensor are the active problems; ``idx`` maps them back to the
-    batch. ``Xp`` is the matrix the products use (centered ``X``, maybe in a lower precision); everything else is
+    the last ``memory`` steps ``s`` and gradient changes ``y`` per problem (a ring: the steps ``S``, the changes
+    preconditioned, ``G = P^2 y``, and their inner products ``s_i.y_j`` and ``y_i.P^2 y_j``). Rows of every
+    per-problem tensor are the active problems; ``idx`` maps them back to the batch. ``Xp`` is the matrix the products use (centered ``X``, maybe in a lower precision); everything else is
     in the dtype of ``mean``.
 
     The direction uses L-BFGS's compact form (Byrd, Nocedal and Schnabel 1994; Nocedal and Wright eq. 7.24): a
     handful of batched products with the history instead of ``4 * memory`` small ones, which dominated the
-    iteration's time. A pair whose ``s.g`` is not positive (a step lost in rounding) is stored as zeros with a
+    iteration's time. A pair whose ``s.y`` is not positive (a step lost in rounding) is stored as zeros with a
     unit diagonal, which removes it from the formula.
     """
 
@@ -273,17 +276,19 @@ class _LBFGS:
         c: Tensor | None = None,
         gamma: Tensor | None = None,
         pre: _Preconditioner | None = None,
+        XpT: Tensor | None = None,
     ):
         b, d = mean.shape
         self.pre = pre
         self.Xp, self.C, self.m, self.dtype = Xp, C, memory, mean.dtype
+        # the gradient's operand: Xp, or the same values laid out transposed
+        self.Xg = Xp if XpT is None else XpT.T
         self.y, self.w, self.mean, self.inv_sd = y, w, mean, inv_sd
         self.scale = C * w.sum(1)  # scikit-learn's gradient scale
         self.h0 = 1 + 0.25 * self.scale  # Hessian diagonal at p = 1/2 on standardized features
         self.v = mean.new_zeros(b, d) if v is None else v.clone()
         self.c = mean.new_zeros(b) if c is None else c.clone()
         self.F = y.new_zeros(y.shape) if v is None else self.scores_along(self.v, self.c)
-        self.u = self.v if pre is None else pre.inverse(self.v)  # the iterates (v = P u)
         self.S, self.G = mean.new_zeros(b, memory, d), mean.new_zeros(b, memory, d)
         self.S_c, self.G_c = mean.new_zeros(b, memory), mean.new_zeros(b, memory)
         self.SG, self.GG = mean.new_zeros(b, memory, memory), mean.new_zeros(b, memory, memory)
@@ -298,13 +303,13 @@ class _LBFGS:
     def gradient(self) -> tuple[Tensor, Tensor]:
         G = self.C * self.w * (torch.sigmoid(self.F) - self.y)  # [batch, n]
         gc = G.sum(1)
-        gv = (G.to(self.Xp.dtype) @ self.Xp).to(self.dtype)
+        gv = (G.to(self.Xp.dtype) @ self.Xg).to(self.dtype)
         gv.addcmul_(self.mean, gc[:, None], value=-1.0).mul_(self.inv_sd).add_(self.v)
         return gv, gc
 
-    def in_u(self, gv: Tensor) -> Tensor:
-        """The gradient in ``v`` moved to the iterates ``u`` (``P^T g``)."""
-        return gv if self.pre is None else self.pre.grad(gv)
+    def preconditioned(self, gv: Tensor) -> Tensor:
+        """``P^2 g``."""
+        return gv if self.pre is None else self.pre.squared(gv)
 
     def scores_along(self, qv: Tensor, qc: Tensor) -> Tensor:
         u = qv * self.inv_sd
@@ -315,11 +320,12 @@ class _LBFGS:
         """Inner products of every stored vector of ``A`` with ``(qv, qc)``: ``[batch, memory]``."""
         return (qv[:, None, :] @ A.mT)[:, 0] + A_c * qc[:, None]  # this form runs ~10x faster than A @ q
 
-    def direction(self, gv: Tensor, gc: Tensor, k: int) -> tuple[Tensor, Tensor]:
-        """``-H g`` for the L-BFGS inverse Hessian ``H`` of the last ``k`` pairs (compact form)."""
+    def direction(self, gv: Tensor, pg: Tensor, gc: Tensor, k: int) -> tuple[Tensor, Tensor]:
+        """``-H g`` for the L-BFGS inverse Hessian ``H`` of the last ``k`` pairs (compact form, initial inverse
+        Hessian ``gamma * P^2``; ``pg = P^2 g``)."""
         gamma = self.gamma
         if k == 0:
-            return -gv * gamma[:, None], -gc * gamma
+            return -pg * gamma[:, None], -gc * gamma
         # the ring's slots, oldest first; the small matrices are put in that order, the history stays in place
         order = torch.tensor([(self.head - k + j) % self.m for j in range(k)], device=gv.device)
         sg = self.SG[:, order][:, :, order]
@@ -336,36 +342,34 @@ class _LBFGS:
         c1, c2 = gv.new_zeros(len(gv), self.m), gv.new_zeros(len(gv), self.m)  # back to slot order
         c1[:, order], c2[:, order] = q1, q2
         hv = (
-            gv * gamma[:, None]
+            pg * gamma[:, None]
             + torch.bmm(c1[:, None, :], self.S)[:, 0]
             + torch.bmm(c2[:, None, :], self.G)[:, 0]
         )
         hc = gc * gamma + (c1 * self.S_c).sum(1) + (c2 * self.G_c).sum(1)
         return hv.neg_(), hc.neg_()
 
-    def _store(self, sv: Tensor, sc: Tensor, yv: Tensor, yc: Tensor) -> None:
-        """Put the pair in the ring's next slot and update the inner products ``s_i.g_j`` and ``g_i.g_j``."""
+    def _store(self, sv: Tensor, sc: Tensor, yv: Tensor, pyv: Tensor, yc: Tensor) -> None:
+        """Put the pair (``pyv = P^2 yv``) in the ring's next slot and update the inner products ``s_i.y_h`` (the
+        compact form reads only ``s_i.y_j`` for ``i`` no newer than ``j``) and ``y_i.P^2 y_h``."""
         h = self.head
         sy = _dot(sv, yv) + sc * yc
-        ok = sy > 1e-10 * torch.sqrt((_dot(sv, sv) + sc * sc) * (_dot(yv, yv) + yc * yc))
+        yy = _dot(yv, pyv) + yc * yc
+        ok = sy > 1e-10 * torch.sqrt((_dot(sv, sv) + sc * sc) * yy.clamp_min(0))
         keep = ok.to(sv.dtype)
         self.S[:, h], self.S_c[:, h] = sv * keep[:, None], sc * keep
-        self.G[:, h], self.G_c[:, h] = yv * keep[:, None], yc * keep
-        s_new, g_new = self.S[:, h], self.G[:, h]
-        s_g = self._with_history(self.S, self.S_c, g_new, self.G_c[:, h])  # s_i . g_h
-        g_s = self._with_history(self.G, self.G_c, s_new, self.S_c[:, h])  # g_i . s_h  (= s_h . g_i)
-        g_g = self._with_history(self.G, self.G_c, g_new, self.G_c[:, h])
-        self.SG[:, :, h], self.SG[:, h, :] = s_g, g_s
+        self.G[:, h], self.G_c[:, h] = pyv * keep[:, None], yc * keep
+        y_new = yv * keep[:, None]
+        self.SG[:, :, h] = self._with_history(self.S, self.S_c, y_new, self.G_c[:, h])
+        g_g = self._with_history(self.G, self.G_c, y_new, self.G_c[:, h])
         self.GG[:, :, h], self.GG[:, h, :] = g_g, g_g
         self.SG[:, h, h] = torch.where(ok, sy, torch.ones_like(sy))
-        yy = _dot(yv, yv) + yc * yc
         self.gamma = torch.where(ok, sy / yy.clamp_min(1e-30), self.gamma)
         self.head = (h + 1) % self.m
 
     def run(self, max_iter: int, tol: float) -> tuple[Tensor, Tensor, int]:
-        self.head, self.k = 0, 0
         gv, gc = self.gradient()
-        gu = self.in_u(gv)
+        pg = self.preconditioned(gv)
         obj = self.loss(self.F) + 0.5 * _dot(self.v, self.v)
         done = _converged(gv, gc, self.scale, tol)  # on the gradient in v: scikit-learn's rule
         it = 0
@@ -373,26 +377,23 @@ class _LBFGS:
             if bool(done.any()):
                 self._retire(done)
                 keep = ~done
-                gv, gu, gc, obj = gv[keep], gu[keep], gc[keep], obj[keep]
+                gv, pg, gc, obj = gv[keep], pg[keep], gc[keep], obj[keep]
             if self.idx.numel() == 0 or it >= max_iter:
                 break
             it += 1
-            qu, qc = self.direction(gu, gc, self.k)
-            qv = qu if self.pre is None else self.pre.apply(qu)
+            qv, qc = self.direction(gv, pg, gc, self.k)
             dF = self.scores_along(qv, qc)
-            slope = _dot(gu, qu) + gc * qc
+            slope = _dot(gv, qv) + gc * qc
             t, progress, obj_t = self._line_search(dF, qv, slope, obj)
-            su, sc = qu * t[:, None], t * qc
-            if self.pre is not None:
-                self.u.add_(su)
-            self.v.add_(qv.mul_(t[:, None]) if self.pre is not None else su)
+            sv, sc = qv.mul_(t[:, None]), t * qc
+            self.v.add_(sv)
             self.c = self.c + sc
             self.F.addcmul_(dF, t[:, None])
             gv_new, gc_new = self.gradient()
-            gu_new = self.in_u(gv_new)
-            self._store(su, sc, gu_new - gu, gc_new - gc)
+            pg_new = self.preconditioned(gv_new)
+            self._store(sv, sc, gv_new - gv, pg_new - pg, gc_new - gc)
             self.k = min(self.k + 1, self.m)
-            gv, gu, gc, obj = gv_new, gu_new, gc_new, obj_t
+            gv, pg, gc, obj = gv_new, pg_new, gc_new, obj_t
             done = ~progress | _converged(gv, gc, self.scale, tol)
         if self.idx.numel():
             self._retire(torch.ones_like(self.c, dtype=torch.bool))
@@ -425,21 +426,14 @@ class _LBFGS:
     def _retire(self, done: Tensor) -> None:
         """Move the ``done`` problems' results out and drop them (and their history) from the batch."""
         gone = self.idx[done]
-        self.out_v[gone], self.out_c[gone], self.out_gamma[gone] = (
-            self.v[done],
-            self.c[done],
-            self.gamma[done],
-        )
+        self.out_v[gone], self.out_c[gone] = self.v[done], self.c[done]
+        self.out_gamma[gone] = self.gamma[done]
         keep = ~done
         self.idx = self.idx[keep]
-        for name in ("v", "c", "F", "y", "w", "mean", "inv_sd", "scale", "h0", "gamma"):
+        for name in ("v", "c", "F", "y", "w", "mean", "inv_sd", "scale", "h0", "gamma", *_HISTORY):
             setattr(self, name, getattr(self, name)[keep])
-        for name in ("S", "G", "S_c", "G_c", "SG", "GG"):
-            setattr(self, name, getattr(self, name)[keep])
-        if self.pre is None:
-            self.u = self.v
-        else:
-            self.u, self.pre = self.u[keep], self.pre.keep(keep)
+        if self.pre is not None:
+            self.pre = self.pre.keep(keep)
 
 
 def _converged(gv: Tensor, gc: Tensor, scale: Tensor, tol: float) -> Tensor:
