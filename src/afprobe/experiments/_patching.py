@@ -140,11 +140,14 @@ def _first_kept(store: PatchStore, items: Sequence[ScoredPrompt], i: int) -> int
     if i in store.aligned:
         first = min(first, max(0, tp.positions["cue"] - store.window))
         if store.span_layers:
-            first = min(
-                first,
-                first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"]),
-            )
+            first = min(first, _span_start(store, items, i))
     return first
+
+
+def _span_start(store: PatchStore, items: Sequence[ScoredPrompt], i: int) -> int:
+    """Where prompt ``i`` first differs from its twin: the start of the span the span sites patch."""
+    tp = items[i].tok
+    return first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"])
 
 
 def _keep(
@@ -175,7 +178,7 @@ def _keep(
     store.win_pos[i] = raw.clamp(0, n - 1)
     store.win[i] = torch.stack([h[layer][r, store.win_pos[i] - p] for layer in layers])
     if span_layers:
-        start = first_difference(tp.input_ids, items[store.partner[i]].tok.input_ids, tp.positions["cue"])
+        start = _span_start(store, items, i)
         store.span_start[i] = start
         store.span[i] = torch.stack([h[layer][r, start - p : n - p] for layer in span_layers])
 
