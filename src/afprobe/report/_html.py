@@ -27,6 +27,7 @@ from afprobe.report._figures import (
 from afprobe.report._known import known_section, read_known
 from afprobe.report._scratchpad import scratchpad_section
 from afprobe.report._summary import StageResults, build_summary, read_stage
+from afprobe.report._verdict import control_name
 
 SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.html"
@@ -146,7 +147,7 @@ def _compliance_section(summary: Mapping[str, Any]) -> str:
     for key, label, pct in (
         ("logit", "logit metric (nats)", False),
         ("generated", "generated: fully accepts", True),
-        ("control_logit", f"logit metric, control system prompt ({c.get('control') or 'neutral'})", False),
+        ("control_logit", f"logit metric, control system prompt ({control_name(c)})", False),
     ):
         b = c.get(key)
         if b:
@@ -182,7 +183,7 @@ def _compliance_section(summary: Mapping[str, Any]) -> str:
     for name, dd in (c.get("control_contrast") or {}).items():
         extra.append(
             [
-                f"difference-in-differences: {escape(name)} − control {escape(dd.get('against') or 'neutral')} "
+                f"difference-in-differences: {escape(name)} − control {escape(control_name(dd, 'against'))} "
                 "(nats)",
                 f"{_fmt(dd.get('difference'))} {_ci(dd.get('ci'))} · p {_fmt(dd.get('p_adjusted'))}",
             ]

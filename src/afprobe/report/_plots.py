@@ -12,6 +12,8 @@ from typing import Any
 import numpy as np
 from matplotlib.figure import Figure
 
+from afprobe.report._verdict import control_name
+
 
 def _nan(x: Any) -> float:
     return float("nan") if x is None else float(x)
@@ -130,7 +132,7 @@ def plot_compliance_gap(
     lo = np.array([_nan(s["gap_ci"][0]) for _, s in groups])
     hi = np.array([_nan(s["gap_ci"][1]) for _, s in groups])
     err = np.vstack([np.nan_to_num(gaps - lo), np.nan_to_num(hi - gaps)])
-    control = (compliance.get("logit") or {}).get("control") or "neutral"
+    control = control_name(compliance.get("logit"))
     colors = ["0.4" if n == "all" else ("tab:gray" if n == control else "tab:purple") for n in names]
     ax.bar(range(len(names)), np.nan_to_num(gaps), yerr=err, color=colors, capsize=4)
     ax.axhline(0, color="k", lw=0.8)

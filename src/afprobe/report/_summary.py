@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from afprobe.report._verdict import ALPHA, caveats, is_decodable, verdict
+from afprobe.report._verdict import ALPHA, caveats, control_name, is_decodable, verdict
 
 SUMMARY_FORMAT = "afprobe.summary/1"
 StageResults = Mapping[str, Path]
@@ -75,13 +75,13 @@ def compliance_summary(c: Mapping[str, Any] | None) -> dict[str, Any] | None:
     if logit is not None:
         logit["scope"] = (c.get("logit") or {}).get("scope")
         logit["pooled"] = (c.get("logit") or {}).get("pooled")
-    control_name = (c.get("logit") or {}).get("control") or "neutral"  # files before the key: the built-in
-    control = (c.get("logit") or {}).get("by_system_prompt", {}).get(control_name)
+    name = control_name(c.get("logit"))
+    control = (c.get("logit") or {}).get("by_system_prompt", {}).get(name)
     gen = c.get("generated") or {}
     return {
         "logit": logit,
         "generated": _gap_block(c.get("generated"), "fraction of responses that fully accept"),
-        "control": control_name if control else None,
+        "control": name if control else None,
         "control_logit": _gap_block(control, "nats") if control else None,
         "control_contrast": (c.get("logit") or {}).get("control_contrast"),
         "tag_probability": c.get("tag_probability"),

@@ -35,6 +35,12 @@ SUBSPACE_MAJORITY = 0.5
 FEW_REQUESTS = 20
 
 
+def control_name(record: Mapping[str, Any] | None, key: str = "control") -> str:
+    """The control system prompt a compliance or difference-in-differences record names (files written before
+    records named it used the built-in control, ``neutral``)."""
+    return str((record or {}).get(key) or "neutral")
+
+
 def is_decodable(row: Mapping[str, Any], alpha: float = ALPHA) -> bool:
     """A layer (or site) whose family-wise adjusted permutation p-value (``p_adjusted``) is at most ``alpha``;
     never without a test."""
@@ -118,7 +124,7 @@ def _did(c: Mapping[str, Any]) -> str:
             continue
         sig = "significant" if dd.get("status") == "significant" else "not significant"
         parts.append(
-            f"{name} minus the control {dd.get('against') or 'neutral'} {dd['difference']:+.3f} nats "
+            f"{name} minus the control {control_name(dd, 'against')} {dd['difference']:+.3f} nats "
             f"(CI [{lo:+.3f}, {hi:+.3f}], {sig})"
         )
     return f"; difference-in-differences {', '.join(parts)}" if parts else ""
@@ -317,7 +323,7 @@ def caveats(s: Mapping[str, Any]) -> list[str]:
     control = c.get("control_logit")
     if control and control.get("status") == "significant":
         out.append(
-            f"The control system prompt ({c.get('control') or 'neutral'}: no training information) also shows a "
+            f"The control system prompt ({control_name(c)}: no training information) also shows a "
             f"gap ({control['gap']:+.2f} nats): part of the tier effect is not about training."
         )
     logit, gen = c.get("logit"), c.get("generated")
@@ -375,7 +381,7 @@ def _compliance_caveats(c: Mapping[str, Any]) -> list[str]:
         if dd.get("status") == "significant" and dd.get("difference") is not None:
             lo, hi = dd["ci"]
             out.append(
-                f"The tier gap under {name} differs from the control's ({dd.get('against') or 'neutral'}) by "
+                f"The tier gap under {name} differs from the control's ({control_name(dd, 'against')}) by "
                 f"{dd['difference']:+.3f} nats "
                 f"(difference-in-differences, CI [{lo:+.3f}, {hi:+.3f}]): the training framing changes how the "
                 "model responds to the tier, whatever the overall gap."
