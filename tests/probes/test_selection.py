@@ -11,7 +11,14 @@ import torch
 from afprobe._stats import pair_flips
 from afprobe.probes import ProbeConfig, cross_validate_layer, grouped_folds, make_label_sets
 from afprobe.probes._metrics import RequestBootstrap
-from afprobe.probes._selection import Family, critical_value, nested_selection, permutation_test, set_metrics
+from afprobe.probes._selection import (
+    Family,
+    critical_value,
+    nested_selection,
+    permutation_test,
+    set_metrics,
+    stability,
+)
 
 CPU = torch.device("cpu")
 
@@ -135,3 +142,15 @@ def test_label_sets_flip_pairs_and_fall_back_to_requests() -> None:
     assert "request" in fb.null_kind and fb.null.shape == (2, len(y))
     for g in np.unique(groups):
         assert (fb.null[:, groups == g].sum(1) == y[groups == g].sum()).all()
+
+
+def test_stability_breaks_ties_by_layer_then_fold_order() -> None:
+    """Five folds, five different sites: the modal site is the lowest layer's, and of the two sites at that layer
+    the one the earlier fold chose (a set's order, which follows string hashing, once decided it: two identical
+    runs named different sites)."""
+    picks = [(24, "last"), (6, "user_end"), (7, "user_end"), (6, "last"), (27, "user_end")]
+    chosen = [{"layer": la, "position": p} for la, p in picks]
+    st = stability(chosen, 24, "last")
+    assert st["modal"] == {"layer": 6, "position": "user_end", "count": 1}
+    assert stability(chosen[::-1], 24, "last")["modal"]["position"] == "last"
+    assert st["agreement"] == 0.2 and st["layer_agreement"] == 0.2

@@ -167,11 +167,11 @@ def nested_selection(
 
 def stability(chosen: list[dict[str, Any]], layer: int, position: str) -> dict[str, Any]:
     """How many outer folds chose the full-data site (same layer and position), the same layer, and the most
-    frequent site."""
+    frequent site (ties: the lowest layer, then the earliest fold's choice, so every run names the same one)."""
     sites = [(c["layer"], c["position"]) for c in chosen]
     if not sites:
         return {"n_folds": 0, "agreement": None, "layer_agreement": None, "modal": None}
-    modal = max(set(sites), key=lambda s: (sites.count(s), -s[0]))
+    modal = max(sites, key=lambda s: (sites.count(s), -s[0]))  # max keeps the first of equals, in fold order
     return {
         "n_folds": len(sites),
         "agreement": sum(s == (layer, position) for s in sites) / len(sites),
