@@ -92,7 +92,7 @@ def test_known_answers_render(tmp_path: Path) -> None:
 
 
 @pytest.mark.integration
-@pytest.mark.timeout(1800)  # about 9 minutes on 2 cores: plant, patch, steer, power
+@pytest.mark.timeout(3600)  # plant, patch, steer, power: ~9 min on 2 cores, 19 on a slower 2-core machine
 def test_validate_recovers_the_planted_mechanism() -> None:
     """Every recovery target on the embedded model (loaded afresh: a session model other tests have used is not a
     clean base for planting), at small sizes; the sham point of the power curve is not called a gap."""

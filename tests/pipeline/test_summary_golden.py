@@ -12,6 +12,12 @@ from pathlib import Path
 from typing import Any
 
 GOLDEN = Path(__file__).parents[1] / "data" / "tiny_run_summary.json"
+# Between CPUs (AVX-512 and AVX2-only matrix kernels) float32 log-probabilities of the same continuations differ
+# by up to ~1e-5 nats: every number is compared within ABS_TOL besides its relative tolerance. The shuffled-label
+# control probes of the 32-wide model put held-out prompts on their decision boundary, where that rounding flips
+# a prediction (0.525 vs 0.55 seen): their means over the draws (and the selectivity made from them) within 0.03.
+ABS_TOL = 3e-5
+LOOSE = dict.fromkeys(("shuffled_accuracy", "shuffled_accuracy_sd", "shuffled_auroc", "selectivity"), 0.03)
 
 
 def _normalized(s: dict[str, Any]) -> dict[str, Any]:
@@ -31,7 +37,8 @@ def _diff(a: Any, b: Any, where: str = "") -> list[str]:
             return [f"{where}: length {len(a)} != {len(b)}"]
         return [d for i, (x, y) in enumerate(zip(a, b, strict=True)) for d in _diff(x, y, f"{where}[{i}]")]
     if isinstance(a, float) and isinstance(b, float | int) and not isinstance(b, bool):
-        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-6) else [f"{where}: {a} != {b}"]
+        tol = LOOSE.get(where.rsplit(".", 1)[-1], ABS_TOL)
+        return [] if math.isclose(a, b, rel_tol=1e-5, abs_tol=tol) else [f"{where}: {a} != {b}"]
     return [] if a == b else [f"{where}: {a!r} != {b!r}"]
 
 
