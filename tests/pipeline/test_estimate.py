@@ -56,6 +56,15 @@ def test_dry_run_beside_a_finished_run(tmp_path: Path, capsys) -> None:
     assert next(line for line in lines if line.startswith("total ")).split()[-1].endswith("s")
 
 
+def test_times_scale_with_the_rate_and_the_table_names_it() -> None:
+    """Every stage's time is FLOPs over the rate plus per-call costs: a rate 4x higher takes less than half the
+    time but more than a quarter, and the table says which rate it assumed."""
+    cfg = load_run_config("default")
+    slow, fast = estimate_run(cfg, rate=4e10), estimate_run(cfg, rate=1.6e11)
+    assert slow.seconds / 4 < fast.seconds < slow.seconds / 2
+    assert "at 40 GFLOP/s" in slow.table() and "at 160 GFLOP/s" in fast.table()
+
+
 def test_shapes_without_weights() -> None:
     big = model_shape("llama-3.1-70b-instruct")
     assert (big.n_layers, big.d_model) == (80, 8192) and 6.5e10 < big.n_params < 7.5e10

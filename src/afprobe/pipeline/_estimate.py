@@ -74,6 +74,7 @@ class Estimate:
     model: ModelShape
     tokens_exact: bool
     stages: list[StageCost] = field(default_factory=list)
+    rate: float = 0.0  # the matrix-product FLOP/s the times assume (measured here, before EFFICIENCY)
 
     @property
     def disk_bytes(self) -> int:
@@ -108,7 +109,10 @@ class Estimate:
         approx = "" if self.tokens_exact else f" (tokens estimated at {CHARS_PER_TOKEN} characters each)"
         rows.append(
             f"model {m.name}: {m.n_layers} layers, d_model {m.d_model}, ~{m.n_params / 1e6:.0f}M parameters "
-            f"(shape from {m.source}){approx}; time: a FLOP model set on 2 CPU cores (whole runs within about 10%, single stages up to ~2x off, see benchmarks/RESULTS.md)"
+            f"(shape from {m.source}){approx}; time: a FLOP model set on 2 CPU cores at {self.rate / 1e9:.0f} "
+            "GFLOP/s, the matrix-product rate read just now (it moves with other work on the machine, and the "
+            "times with it; whole runs within about 10% where it holds steady, single stages up to ~2x off: "
+            "benchmarks/RESULTS.md)"
         )
         return "\n".join(rows)
 

@@ -87,8 +87,9 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
 
     shape = model_shape(cfg.model.name, lm)
     count, exact = _token_counter(cfg.model.name, lm)
-    flops = (rate if rate is not None else matmul_rate()) * EFFICIENCY
-    est = Estimate(shape, exact)
+    rate = rate if rate is not None else matmul_rate()
+    flops = rate * EFFICIENCY
+    est = Estimate(shape, exact, rate=rate)
     prompts = build_scenario(cfg.scenario)
     sys_len = {p.system_text: count(p.system_text) + CHAT_SYSTEM_TOKENS for p in prompts}
     user = np.array([count(p.user_text) + CHAT_OVERHEAD_TOKENS - CHAT_SYSTEM_TOKENS for p in prompts])
