@@ -73,8 +73,8 @@ class StageCost:
 class Estimate:
     model: ModelShape
     tokens_exact: bool
+    rate: float  # the matrix-product FLOP/s the times assume (measured here, before EFFICIENCY)
     stages: list[StageCost] = field(default_factory=list)
-    rate: float = 0.0  # the matrix-product FLOP/s the times assume (measured here, before EFFICIENCY)
 
     @property
     def disk_bytes(self) -> int:
