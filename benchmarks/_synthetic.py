@@ -46,7 +46,8 @@ def stage_problems(
     """The problems the probe stage fits at one candidate position after the cue (as
     :func:`afprobe.probes.cross_validate_layer` builds them): every fold of the task labels and of ``draws``
     permutation draws (labels permuted within each request; default ``cfg.baseline_repeats``, the draws fitted at
-    every position), the inner folds of nested selection (task labels), one fit on all rows. Returns the problems,
+    every position), the inner folds of nested selection (task labels; one fit per pair of held-out folds), one fit
+    on all rows. Returns the problems,
     each one's kind (``task``, ``null``, ``inner``, ``full``) and its held-out rows (None for inner and full)."""
     k = cfg.baseline_repeats if draws is None else draws
     folds = grouped_folds(groups, cfg.folds, 0)
@@ -60,12 +61,11 @@ def stage_problems(
             kinds.append("task" if v == 0 else "null")
             held.append(folds == f)
     for f in range(cfg.folds):
-        for g in range(cfg.folds):
-            if g != f:
-                ys.append(y)
-                train.append((folds != f) & (folds != g))
-                kinds.append("inner")
-                held.append(None)
+        for g in range(f + 1, cfg.folds):  # one fit serves outer fold f's inner fold g and g's inner fold f
+            ys.append(y)
+            train.append((folds != f) & (folds != g))
+            kinds.append("inner")
+            held.append(None)
     ys.append(y)
     train.append(np.ones(len(y), dtype=bool))
     kinds.append("full")

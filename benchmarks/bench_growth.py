@@ -9,12 +9,12 @@ the resident high-water mark above the memory resident before the call (``benchm
   in code (no download) with Llama-3.1-8B's block (d_model 4,096, MLP 14,336, 32 heads, 8 KV heads) and, for one
   curve, Llama-3.1-70B's (8,192, 28,672, 64, 8), but few layers and a 32,000-token vocabulary (only the embedding
   lookup touches it) so that they fit in 24 GiB; 32-token prompts. Time vs prompts and vs layers.
-- probes: the probe stage's work at one candidate (layer, position) (51 problems: 5 folds x 6 label sets, 20
-  inner folds, the full fit) on
+- probes: the probe stage's work at one candidate (layer, position) (41 problems: 5 folds x 6 label sets, 10
+  inner training sets, the full fit) on
   synthetic activations (``benchmarks/_synthetic.py``), vs prompts (d_model 1,024) and vs d_model (1,000 prompts),
   for afprobe's batched probe (solver chosen by shape, named per point) and scikit-learn's loop. scikit-learn fits
   a stratified subset of 7 problems (two of each kind: task, permutation, inner folds; the full fit), extrapolated to
-  the 51 by kind (stated; all 56 would take tens of minutes at the large sizes).
+  the 41 by kind (stated: fitting all 41 would take tens of minutes at the large sizes).
 - steering and patching: on the embedded model (8 prompts of one request), a sweep's time vs its number of
   settings (layers x alphas, several settings per forward pass) and exact and attribution patching's time vs
   the number of (layer, position) sites (2 pairs).
@@ -333,7 +333,7 @@ def main(*, quick: bool = False, only: str | None = None) -> dict[str, Any]:
         "exponent": exps,
         "curves": curves,
         "seconds": time.perf_counter() - t0,
-        "note": "CPU seconds on 1 thread; scikit-learn extrapolated from 7 of 51 problems",
+        "note": "CPU seconds on 1 thread; scikit-learn extrapolated from 7 of 41 problems",
         "markdown": markdown(curves, exps),
     }
 

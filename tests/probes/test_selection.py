@@ -10,6 +10,7 @@ import torch
 
 from afprobe._stats import pair_flips
 from afprobe.probes import ProbeConfig, cross_validate_layer, grouped_folds, make_label_sets
+from afprobe.probes._evaluate import Problems, fit_problems
 from afprobe.probes._metrics import RequestBootstrap
 from afprobe.probes._selection import (
     Family,
@@ -154,3 +155,27 @@ def test_stability_breaks_ties_by_layer_then_fold_order() -> None:
     assert st["modal"] == {"layer": 6, "position": "user_end", "count": 1}
     assert stability(chosen[::-1], 24, "last")["modal"]["position"] == "last"
     assert st["agreement"] == 0.2 and st["layer_agreement"] == 0.2
+
+
+@pytest.mark.parametrize("probe", ["torch_logistic", "mass_mean"])
+def test_each_pair_of_outer_folds_is_fitted_once_and_read_as_both_inner_folds(probe: str) -> None:
+    """Outer fold f's inner fold g and outer fold g's inner fold f train on the same rows: the layer's batch fits
+    that set once, and its scores on fold g and on fold f are what a fit of exactly those rows gives (to the
+    solvers' tolerance: the batch and the lone fit stop at different iterates, ~1e-3; another training set's fit
+    differs by tenths)."""
+    X, y, groups, pairs = dataset(3, n_requests=10)
+    cfg = ProbeConfig(folds=4, baseline_repeats=1, permutations=0)
+    folds = grouped_folds(groups, cfg.folds, 0)
+    labels = make_label_sets(y, folds, pairs, groups, n_curve=1, n_test=0, seed=0)
+    fit = cross_validate_layer(probe, X[0], labels, [1], cfg, CPU, nested=True)
+    assert fit.inner is not None
+    for f in range(cfg.folds):
+        for g in range(f + 1, cfg.folds):
+            train = (folds != f) & (folds != g)
+            alone = fit_problems(probe, X[0], Problems(np.array([1]), y[None], train[None]), cfg, CPU).scores[
+                0
+            ]
+            for outer, held in ((f, folds == g), (g, folds == f)):
+                np.testing.assert_allclose(fit.inner[outer, 1, held], alone[held], rtol=5e-3, atol=5e-3)
+        assert np.isnan(fit.inner[f, 1, folds == f]).all()  # an outer fold's own rows stay unscored
+    assert np.isnan(fit.inner[:, 0]).all()  # position 0 is not a candidate

@@ -143,9 +143,11 @@ def estimate_run(cfg: RunConfig, *, lm: Any = None, rate: float | None = None) -
         layers = len(p.layers) if p.layers else n_cached
         positions = len(p.positions) if p.positions else n_pos
         x = n * positions * shape.d_model * 4
-        # every probe, layer and position is fitted on the full data, its folds (nested: outer x inner) and each
-        # permutation draw
-        fits = len(p.probes) * layers * positions * (1 + p.folds * (p.folds + 1) + p.permutations)
+        # every probe, layer and position is fitted on the full data, its folds (nested: one fit per pair of
+        # outer folds, which serves both as each other's inner fold) and each permutation draw
+        fits = (
+            len(p.probes) * layers * positions * (1 + p.folds + p.folds * (p.folds - 1) // 2 + p.permutations)
+        )
         est.stages.append(
             StageCost(
                 "probes",

@@ -209,12 +209,11 @@ def cross_validate_layer(
         for p in range(n_pos) if v <= labels.n_curve else candidates:
             for f in range(n_folds):
                 add(p, y, folds != f, ("oof", v, p, f))
-    if nested:
+    if nested:  # outer fold f's inner fold g and outer fold g's inner fold f train on the same rows: one fit
         for p in candidates:
             for f in range(n_folds):
-                for g in range(n_folds):
-                    if g != f:
-                        add(p, labels.y, (folds != f) & (folds != g), ("inner", f, p, g))
+                for g in range(f + 1, n_folds):
+                    add(p, labels.y, (folds != f) & (folds != g), ("inner", f, p, g))
     for p in range(n_pos):
         add(p, labels.y, np.ones(n, dtype=bool), ("full", 0, p, 0))
     fitted = fit_problems(probe, X, Problems(np.array(pos), np.stack(ys), np.stack(train)), cfg, device)
@@ -227,6 +226,7 @@ def cross_validate_layer(
             oof[v, p, held] = fitted.scores[b, held]
         elif kind == "inner" and inner is not None:  # v: the outer fold, f: the inner (held-out) fold
             inner[v, p, held] = fitted.scores[b, held]
+            inner[f, p, folds == v] = fitted.scores[b, folds == v]  # and the other way round
         else:
             coef[p] = fitted.coef[b]
     return LayerFit(oof, coef, fitted.warnings, inner)
