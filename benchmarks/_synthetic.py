@@ -47,8 +47,8 @@ def stage_problems(
     :func:`afprobe.probes.cross_validate_layer` builds them): every fold of the task labels and of ``draws``
     permutation draws (labels permuted within each request; default ``cfg.baseline_repeats``, the draws fitted at
     every position), the inner folds of nested selection (task labels; one fit per pair of held-out folds), one fit
-    on all rows. Returns the problems,
-    each one's kind (``task``, ``null``, ``inner``, ``full``) and its held-out rows (None for inner and full)."""
+    on all rows. Returns the problems, each one's kind (``task``, ``null``, ``inner``, ``full``) and its held-out
+    rows (None for inner and full)."""
     k = cfg.baseline_repeats if draws is None else draws
     folds = grouped_folds(groups, cfg.folds, 0)
     seeds = [int(s.generate_state(1)[0]) for s in np.random.SeedSequence([0, 17]).spawn(k)]

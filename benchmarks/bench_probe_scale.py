@@ -2,7 +2,8 @@
 cache (5 folds x (task + 5 permutation draws) + 10 inner training sets of nested selection (one per pair of
 outer folds, read on both) + 1 full-data fit = 41 problems on one X; the default permutation test adds more
 draws of the same kind), fitted by afprobe's batched torch probe (solver chosen by shape: batched L-BFGS here)
-and by the scikit-learn loop the stage runs for probe ``logistic``, side by side in one run, on synthetic residual-stream-like activations (``benchmarks/_synthetic.py``).
+and by the scikit-learn loop the stage runs for probe ``logistic``, side by side in one run, on synthetic
+residual-stream-like activations (``benchmarks/_synthetic.py``).
 
 scikit-learn takes seconds per problem at this size on one core, so it fits a stratified subset (every task fold,
 two permutation folds, two inner folds, the full fit); its time for all problems is the per-kind mean times the

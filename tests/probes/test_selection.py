@@ -161,8 +161,8 @@ def test_stability_breaks_ties_by_layer_then_fold_order() -> None:
 def test_each_pair_of_outer_folds_is_fitted_once_and_read_as_both_inner_folds(probe: str) -> None:
     """Outer fold f's inner fold g and outer fold g's inner fold f train on the same rows: the layer's batch fits
     that set once, and its scores on fold g and on fold f are what a fit of exactly those rows gives (to the
-    solvers' tolerance: the batch and the lone fit stop at different iterates, ~1e-3; another training set's fit
-    differs by tenths)."""
+    solvers' tolerance: the batch and the lone fit stop at different iterates, ~1e-3 apart; reading another
+    problem's scores on the second fold fails it)."""
     X, y, groups, pairs = dataset(3, n_requests=10)
     cfg = ProbeConfig(folds=4, baseline_repeats=1, permutations=0)
     folds = grouped_folds(groups, cfg.folds, 0)
@@ -172,9 +172,8 @@ def test_each_pair_of_outer_folds_is_fitted_once_and_read_as_both_inner_folds(pr
     for f in range(cfg.folds):
         for g in range(f + 1, cfg.folds):
             train = (folds != f) & (folds != g)
-            alone = fit_problems(probe, X[0], Problems(np.array([1]), y[None], train[None]), cfg, CPU).scores[
-                0
-            ]
+            lone = Problems(np.array([1]), y[None], train[None])
+            alone = fit_problems(probe, X[0], lone, cfg, CPU).scores[0]
             for outer, held in ((f, folds == g), (g, folds == f)):
                 np.testing.assert_allclose(fit.inner[outer, 1, held], alone[held], rtol=5e-3, atol=5e-3)
         assert np.isnan(fit.inner[f, 1, folds == f]).all()  # an outer fold's own rows stay unscored
